@@ -1,0 +1,1 @@
+//! Wire types of the husk agent API, shared by the shim and the agent.
