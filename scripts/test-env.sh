@@ -89,7 +89,8 @@ write_husk_configs() {
 	# runc mode: the husk-runc handler
 	cat >"$d/husk-runc.toml" <<-EOF
 		mode = "runc"
-		state_dir = "$d/husk"
+		log_level = "debug"
+		state_root = "$d/husk"
 
 		[runc]
 		binary = "$(command -v runc)"
@@ -98,7 +99,7 @@ write_husk_configs() {
 	# microVM mode: the husk handler
 	cat >"$d/husk.toml" <<-EOF
 		mode = "vm"
-		state_dir = "$d/husk"
+		state_root = "$d/husk"
 	EOF
 }
 

@@ -161,7 +161,7 @@ impl Case {
     /// Checks leftovers (when the body passed) and cleans up; returns the
     /// leftovers found.
     fn finish(&mut self, body_ok: bool) -> Vec<String> {
-        let roots = self.target.runc_roots();
+        let roots = self.target.state_roots();
         let mut left = Vec::new();
         if body_ok {
             let tokens = self.tokens.clone();

@@ -8,10 +8,10 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Everything found on the host that still belongs to one of `tokens`
 /// (container ids, sandbox ids): one line per finding.
-pub fn find(tokens: &[String], runc_roots: &[PathBuf]) -> Vec<String> {
+pub fn find(tokens: &[String], state_roots: &[PathBuf]) -> Vec<String> {
     let mut found = processes(tokens);
     found.extend(cgroups(tokens));
-    found.extend(runc_state(tokens, runc_roots));
+    found.extend(runc_state(tokens, state_roots));
     found
 }
 
@@ -127,8 +127,17 @@ mod tests {
             .args(["-c", "sleep 5", &token])
             .spawn()
             .unwrap();
-        let found = processes(std::slice::from_ref(&token));
         let pid = child.id();
+        // right after fork the child may not have exec'd sh yet
+        let mine = |f: &Vec<String>| f.iter().any(|l| l.starts_with(&format!("process {pid} ")));
+        let mut found = processes(std::slice::from_ref(&token));
+        for _ in 0..100 {
+            if mine(&found) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            found = processes(std::slice::from_ref(&token));
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         // sh and (while it forks) its child both carry the token.

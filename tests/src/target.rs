@@ -107,10 +107,12 @@ impl Target {
         self.containerd.dir().join("husk-runc.toml")
     }
 
-    /// The runc root directories this target's containers live in.
-    pub fn runc_roots(self) -> Vec<PathBuf> {
+    /// The directories where runc (containerd's runc root, husk's runc
+    /// root) and husk (`state_root`) keep per-container state: nothing of a
+    /// test may be left in them (as `<dir>/<id>` or `<dir>/<namespace>/<id>`).
+    pub fn state_roots(self) -> Vec<PathBuf> {
         let d = self.containerd.dir();
-        vec![d.join("runc"), d.join("husk-runc")]
+        vec![d.join("runc"), d.join("husk-runc"), d.join("husk")]
     }
 
     /// Runtime flags for `ctr run`.
