@@ -55,4 +55,5 @@ trap 'scripts/test-env.sh down' EXIT
 scripts/test-env.sh up
 
 log "running the tests"
-cargo test "${locked[@]}" --workspace "$@"
+# --no-fail-fast: report every failing test binary, still exit non-zero
+cargo test "${locked[@]}" --workspace --no-fail-fast "$@"

@@ -91,7 +91,7 @@ impl Ctr {
         });
         // ctr events subscribes asynchronously; give it a moment so the
         // caller's next action is not missed.
-        thread::sleep(Duration::from_millis(300));
+        thread::sleep(Duration::from_millis(500));
         Ok(Events {
             child,
             rx,
