@@ -233,3 +233,5 @@ impl TaskService {
     }
 }
 
+#[cfg(test)]
+mod tests;

@@ -37,7 +37,10 @@ fn exec_of(exec_id: &str) -> Option<&str> {
 }
 
 impl TaskService {
-    async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> SResult<CreateTaskResponse> {
+    pub(super) async fn create(
+        self: &Arc<Self>,
+        req: CreateTaskRequest,
+    ) -> SResult<CreateTaskResponse> {
         validate_id("container id", &req.id)?;
         let _serial = self.create_lock.lock().await;
         if self.lock().contains_key(&req.id) {
@@ -105,7 +108,7 @@ impl TaskService {
         })
     }
 
-    async fn start(self: &Arc<Self>, req: StartRequest) -> SResult<StartResponse> {
+    pub(super) async fn start(self: &Arc<Self>, req: StartRequest) -> SResult<StartResponse> {
         let sandbox = self.sandbox()?.clone();
         let lifecycle = self
             .lock()
@@ -182,7 +185,7 @@ impl TaskService {
         }
     }
 
-    fn state(&self, req: &StateRequest) -> SResult<StateResponse> {
+    pub(super) fn state(&self, req: &StateRequest) -> SResult<StateResponse> {
         let map = self.lock();
         let c = map
             .get(&req.id)
@@ -198,7 +201,7 @@ impl TaskService {
         }
     }
 
-    async fn delete(self: &Arc<Self>, req: DeleteRequest) -> SResult<DeleteResponse> {
+    pub(super) async fn delete(self: &Arc<Self>, req: DeleteRequest) -> SResult<DeleteResponse> {
         let sandbox = self.sandbox()?.clone();
         if let Some(exec_id) = exec_of(&req.exec_id) {
             let (pid, started, exit) = {
@@ -274,7 +277,7 @@ impl TaskService {
         })
     }
 
-    fn exec(&self, req: ExecProcessRequest) -> SResult<()> {
+    pub(super) fn exec(&self, req: ExecProcessRequest) -> SResult<()> {
         validate_id("exec id", &req.exec_id)?;
         let any = req
             .spec
@@ -324,7 +327,7 @@ impl TaskService {
         Ok(())
     }
 
-    fn check(&self, id: &str, exec_id: Option<&str>) -> SResult<()> {
+    pub(super) fn check(&self, id: &str, exec_id: Option<&str>) -> SResult<()> {
         let map = self.lock();
         let c = map
             .get(id)
@@ -341,7 +344,7 @@ impl TaskService {
         Ok(())
     }
 
-    async fn kill(&self, req: KillRequest) -> SResult<()> {
+    pub(super) async fn kill(&self, req: KillRequest) -> SResult<()> {
         let exec = exec_of(&req.exec_id);
         self.check(&req.id, exec)?;
         self.sandbox()?
@@ -350,7 +353,7 @@ impl TaskService {
         Ok(())
     }
 
-    async fn set_paused(&self, id: &str, pause: bool) -> SResult<()> {
+    pub(super) async fn set_paused(&self, id: &str, pause: bool) -> SResult<()> {
         {
             let map = self.lock();
             let c = map
@@ -398,7 +401,7 @@ impl TaskService {
         Ok(())
     }
 
-    async fn pids(&self, req: &PidsRequest) -> SResult<PidsResponse> {
+    pub(super) async fn pids(&self, req: &PidsRequest) -> SResult<PidsResponse> {
         self.check(&req.id, None)?;
         let pids = self.sandbox()?.pids(&req.id).await?;
         let execs: HashMap<u32, String> = self
@@ -438,7 +441,7 @@ impl TaskService {
         })
     }
 
-    async fn wait(&self, req: &WaitRequest) -> SResult<WaitResponse> {
+    pub(super) async fn wait(&self, req: &WaitRequest) -> SResult<WaitResponse> {
         let mut rx = {
             let map = self.lock();
             let c = map
@@ -469,7 +472,7 @@ impl TaskService {
         })
     }
 
-    async fn update(&self, req: &UpdateTaskRequest) -> SResult<()> {
+    pub(super) async fn update(&self, req: &UpdateTaskRequest) -> SResult<()> {
         self.check(&req.id, None)?;
         let any = req
             .resources
