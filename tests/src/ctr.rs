@@ -33,6 +33,17 @@ impl Ctr {
         }
     }
 
+    /// containerd 1.6's `ctr` talking to `containerd` (either release): it
+    /// prints the gRPC code of an error as errdefs text ("...: not found"),
+    /// which containerd 2.x's `ctr` leaves out of its messages.
+    pub fn with_code_text(containerd: Containerd, namespace: &str) -> Self {
+        Ctr {
+            binary: Containerd::V16.ctr_binary(),
+            socket: containerd.socket(),
+            namespace: namespace.to_string(),
+        }
+    }
+
     /// The command line prefix `ctr --address <sock> -n <ns>`.
     pub fn command(&self) -> Command {
         let mut c = Command::new(&self.binary);

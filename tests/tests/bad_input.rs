@@ -1,12 +1,16 @@
 //! Bad input gets an error that names the problem, with the right code for
 //! husk, and leaves nothing behind (the harness checks processes, cgroups and
 //! runc state after each test; these tests also check containerd's records).
+//!
+//! The commands go through containerd 1.6's `ctr` on both containerds: it
+//! prints the error's gRPC code ("...: not found"); 2.x's `ctr` does not.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
 use husk_e2e::cmd::Output;
+use husk_e2e::ctr::Ctr;
 use husk_e2e::{matrix, Case};
 
 /// Fails unless `out` is an error whose message contains every one of
@@ -31,17 +35,21 @@ fn ensure_error(case: &Case, out: &Output, needles: &[&str], husk_code: &str) ->
 }
 
 fn ensure_no_container_record(case: &Case, id: &str) -> Result<()> {
-    let out = case.ctr("default").run(&["container", "ls", "-q"])?.ok()?;
+    let out = bad_ctr(case).run(&["container", "ls", "-q"])?.ok()?;
     ensure!(
         !out.stdout.lines().any(|l| l == id),
         "container {id} still recorded"
     );
-    let out = case.ctr("default").run(&["task", "ls", "-q"])?.ok()?;
+    let out = bad_ctr(case).run(&["task", "ls", "-q"])?.ok()?;
     ensure!(
         !out.stdout.lines().any(|l| l == id),
         "task {id} still recorded"
     );
     Ok(())
+}
+
+fn bad_ctr(case: &Case) -> Ctr {
+    Ctr::with_code_text(case.target.containerd, "default")
 }
 
 /// A temporary directory removed on drop.
@@ -67,7 +75,7 @@ fn missing_rootfs(case: &mut Case) -> Result<()> {
     let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
     args.extend(case.runtime_args());
     args.extend(["--rootfs".into(), rootfs.clone(), id.clone(), "true".into()]);
-    let out = case.ctr("default").run(&args)?;
+    let out = bad_ctr(case).run(&args)?;
     ensure_error(case, &out, &[&rootfs], "not found")?;
     ensure_no_container_record(case, &id)
 }
@@ -86,7 +94,7 @@ fn malformed_spec(case: &mut Case) -> Result<()> {
     let id = case.container_id("default");
     let tmp = TempDir::new(&id)?;
     let rootfs = busybox_rootfs(&tmp.0)?;
-    let out = case.ctr("default").run(&["oci", "spec"])?.ok()?;
+    let out = bad_ctr(case).run(&["oci", "spec"])?.ok()?;
     let mut spec: serde_json::Value = serde_json::from_str(&out.stdout)?;
     spec["root"]["path"] = rootfs.display().to_string().into();
     spec["linux"]["cgroupsPath"] = format!("/default/{id}").into();
@@ -101,7 +109,7 @@ fn malformed_spec(case: &mut Case) -> Result<()> {
         spec_path.display().to_string(),
         id.clone(),
     ]);
-    let out = case.ctr("default").run(&args)?;
+    let out = bad_ctr(case).run(&args)?;
     ensure_error(case, &out, &["args"], "invalid argument")?;
     ensure_no_container_record(case, &id)
 }
@@ -134,7 +142,7 @@ fn missing_runc_binary(case: &mut Case) -> Result<()> {
         args.extend(["--runc-binary".into(), missing.clone()]);
     }
     args.extend(["localhost/busybox:local".into(), id.clone(), "true".into()]);
-    let out = case.ctr("default").run(&args)?;
+    let out = bad_ctr(case).run(&args)?;
     ensure_error(case, &out, &[&missing], "failed precondition")?;
     ensure_no_container_record(case, &id)
 }
@@ -151,7 +159,7 @@ fn duplicate_id(case: &mut Case) -> Result<()> {
             "sleep".into(),
             "600".into(),
         ]);
-        case.ctr("default").run(&args)
+        bad_ctr(case).run(&args)
     };
     run(case)?.ok()?;
     let out = run(case)?;
@@ -162,7 +170,7 @@ fn duplicate_id(case: &mut Case) -> Result<()> {
         out.stderr
     );
     // the first container is untouched
-    let ctr = case.ctr("default");
+    let ctr = bad_ctr(case);
     let tasks = ctr.run(&["task", "ls"])?.ok()?;
     ensure!(
         tasks
