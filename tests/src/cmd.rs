@@ -35,13 +35,43 @@ impl Output {
 
 /// Runs `cmd` with stdin closed; kills it after `timeout`.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    cmd.stdin(Stdio::null());
+    collect(cmd, timeout)
+}
+
+/// Runs `cmd` with `input` on its stdin, which is closed afterwards; kills
+/// it after `timeout`.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8], timeout: Duration) -> Result<Output> {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped());
+    let input = input.to_vec();
+    collect_with(cmd, timeout, move |child| {
+        let mut stdin = child.stdin.take();
+        thread::spawn(move || {
+            if let Some(s) = stdin.as_mut() {
+                let _ = s.write_all(&input);
+            }
+            // dropping stdin closes it: the end of input
+        });
+    })
+}
+
+fn collect(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    collect_with(cmd, timeout, |_| {})
+}
+
+fn collect_with(
+    cmd: &mut Command,
+    timeout: Duration,
+    feed: impl FnOnce(&mut Child),
+) -> Result<Output> {
     let desc = format!("{cmd:?}");
     let mut child = cmd
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("spawn {desc}"))?;
+    feed(&mut child);
     let out = reader(child.stdout.take());
     let err = reader(child.stderr.take());
     let status = wait_deadline(&mut child, timeout).with_context(|| desc.clone())?;
@@ -120,6 +150,13 @@ mod tests {
         assert_eq!(out.code, 7);
         assert_eq!(out.stdout, "out\n");
         assert_eq!(out.stderr, "err\n");
+    }
+
+    #[test]
+    fn feeds_stdin_and_closes_it() {
+        let out =
+            run_with_stdin(&mut Command::new("cat"), b"abc\n", Duration::from_secs(5)).unwrap();
+        assert_eq!((out.code, out.stdout.as_str()), (0, "abc\n"));
     }
 
     #[test]

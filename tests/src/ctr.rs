@@ -61,6 +61,13 @@ impl Ctr {
         cmd::run(&mut c, CTR_TIMEOUT)
     }
 
+    /// Runs `ctr <args>` with `input` written to its stdin, then stdin closed.
+    pub fn run_with_stdin<S: AsRef<str>>(&self, args: &[S], input: &[u8]) -> Result<Output> {
+        let mut c = self.command();
+        c.args(args.iter().map(|a| a.as_ref()));
+        cmd::run_with_stdin(&mut c, input, CTR_TIMEOUT)
+    }
+
     /// Runs `ctr <args>` with a pseudo-terminal as its stdin/stdout (through
     /// util-linux `script`), as `ctr run -t` and `ctr task exec -t` need.
     /// The terminal's output (with `\r\n` line ends) comes back in `stdout`.
@@ -119,14 +126,12 @@ pub struct Events {
 }
 
 impl Events {
-    /// Waits for an event line that contains `topic` and `needle`; fails
-    /// after `timeout` listing what was seen.
-    pub fn wait_for(&mut self, topic: &str, needle: &str, timeout: Duration) -> Result<String> {
-        if let Some(l) = self
-            .seen
-            .iter()
-            .find(|l| l.contains(topic) && l.contains(needle))
-        {
+    /// Waits for an event line that contains `topic` and every one of
+    /// `needles` (e.g. the container id and an exec id: other tests' events
+    /// come through too); fails after `timeout` listing what was seen.
+    pub fn wait_for(&mut self, topic: &str, needles: &[&str], timeout: Duration) -> Result<String> {
+        let matches = |l: &str| l.contains(topic) && needles.iter().all(|n| l.contains(n));
+        if let Some(l) = self.seen.iter().find(|l| matches(l)) {
             return Ok(l.clone());
         }
         let deadline = Instant::now() + timeout;
@@ -135,12 +140,12 @@ impl Events {
             match self.rx.recv_timeout(left) {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if line.contains(topic) && line.contains(needle) {
+                    if matches(&line) {
                         return Ok(line);
                     }
                 }
                 Err(_) => bail!(
-                    "no {topic} event for {needle} within {timeout:?}; saw:\n{}",
+                    "no {topic} event for {needles:?} within {timeout:?}; saw:\n{}",
                     self.seen.join("\n")
                 ),
             }

@@ -78,3 +78,29 @@ fn runs_with_a_terminal(case: &mut Case) -> Result<()> {
     Ok(())
 }
 matrix!(runs_with_a_terminal);
+
+fn publishes_task_events_in_order(case: &mut Case) -> Result<()> {
+    let ctr = case.ctr("default");
+    let mut events = ctr.events()?;
+    let (id, args) = run_args(case, &[], "exit 3");
+    let out = ctr.run(&args)?;
+    ensure!(out.code == 3, "exit code {} ({out:?})", out.code);
+    events.wait_for("/tasks/delete", &[&id], std::time::Duration::from_secs(10))?;
+    let topics: Vec<String> = events
+        .topics_for(&id)
+        .into_iter()
+        .filter(|t| t.starts_with("/tasks/"))
+        .collect();
+    ensure!(
+        topics
+            == [
+                "/tasks/create",
+                "/tasks/start",
+                "/tasks/exit",
+                "/tasks/delete"
+            ],
+        "task events {topics:?}"
+    );
+    Ok(())
+}
+matrix!(publishes_task_events_in_order);

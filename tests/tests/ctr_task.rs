@@ -185,7 +185,7 @@ fn pause_and_resume(case: &mut Case) -> Result<()> {
         "freezer {}",
         freezer_state(&id)?
     );
-    events.wait_for("/tasks/paused", &id, Duration::from_secs(10))?;
+    events.wait_for("/tasks/paused", &[&id], Duration::from_secs(10))?;
     ctr.run(&["task", "resume", &id])?.ok()?;
     wait_status(case, &id, "RUNNING")?;
     ensure!(
@@ -193,7 +193,7 @@ fn pause_and_resume(case: &mut Case) -> Result<()> {
         "freezer {}",
         freezer_state(&id)?
     );
-    events.wait_for("/tasks/resumed", &id, Duration::from_secs(10))?;
+    events.wait_for("/tasks/resumed", &[&id], Duration::from_secs(10))?;
     let out = ctr.run(&["task", "exec", "--exec-id", "after", &id, "echo", "alive"])?;
     ensure!(
         out.code == 0 && out.stdout == "alive\n",
@@ -233,3 +233,55 @@ fn metrics_report_the_cgroup(case: &mut Case) -> Result<()> {
     remove(case, &id)
 }
 matrix!(metrics_report_the_cgroup);
+
+fn kill_all_signals_every_process(case: &mut Case) -> Result<()> {
+    // SIGTERM to all: the exec'd sleep dies of SIGTERM itself (143). Sent to
+    // the init only, sleep would be SIGKILLed with the pid namespace (137).
+    let id = start_detached(case, &[])?;
+    let ctr = case.ctr("default");
+    let mut events = ctr.events()?;
+    let mut exec = ctr.command();
+    exec.args(["task", "exec", "--exec-id", "sleeper", &id, "sleep", "600"]);
+    let handle = std::thread::spawn(move || cmd::run(&mut exec, Duration::from_secs(60)));
+    events.wait_for(
+        "/tasks/exec-started",
+        &[&id, "\"sleeper\""],
+        Duration::from_secs(10),
+    )?;
+    ctr.run(&["task", "kill", "-a", "-s", "SIGTERM", &id])?
+        .ok()?;
+    let out = handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("exec thread panicked"))??;
+    ensure!(
+        out.code == 143,
+        "exec'd sleep exit code {} ({out:?})",
+        out.code
+    );
+    wait_status(case, &id, "STOPPED")?;
+    events.wait_for(
+        "/tasks/exit",
+        &[&id, "\"sleeper\""],
+        Duration::from_secs(10),
+    )?;
+    ctr.run(&["task", "delete", &id])?;
+    ctr.run(&["container", "delete", &id])?.ok()?;
+    Ok(())
+}
+matrix!(kill_all_signals_every_process);
+
+fn exec_events(case: &mut Case) -> Result<()> {
+    let id = start_detached(case, &[])?;
+    let ctr = case.ctr("default");
+    let mut events = ctr.events()?;
+    let out = ctr.run(&["task", "exec", "--exec-id", "ev", &id, "true"])?;
+    ensure!(out.code == 0, "exec: {out:?}");
+    events.wait_for("/tasks/exit", &[&id, "\"ev\""], Duration::from_secs(10))?;
+    let topics: Vec<String> = events.topics_for(&id);
+    ensure!(
+        topics == ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"],
+        "exec events {topics:?}"
+    );
+    remove(case, &id)
+}
+matrix!(exec_events);

@@ -40,7 +40,7 @@ fn oom_event_via_ctr(case: &mut Case) -> Result<()> {
         out.stdout
     );
     ensure!(out.code == 0, "exit code {} ({out:?})", out.code);
-    let line = events.wait_for("/tasks/oom", &id, Duration::from_secs(10))?;
+    let line = events.wait_for("/tasks/oom", &[&id], Duration::from_secs(10))?;
     ensure!(
         line.contains(&format!("\"container_id\":\"{id}\"")),
         "event {line}"
