@@ -141,10 +141,7 @@ impl RuncSandbox {
             args.push(req.bundle.clone().into());
             args.push("--pid-file".into());
             args.push(pid_file.clone().into());
-            HostProcess::spawn(
-                &self.runc, args, &req.id, &req.stdio, dir, "init", &pid_file,
-            )
-            .await
+            HostProcess::spawn(&self.runc, args, &req.id, &req.stdio, dir, &pid_file).await
         }
         .await;
         match result {
@@ -243,16 +240,7 @@ impl Sandbox for RuncSandbox {
         args.push(spec_file.clone().into());
         args.push("--pid-file".into());
         args.push(pid_file.clone().into());
-        let result = HostProcess::spawn(
-            &self.runc,
-            args,
-            id,
-            stdio,
-            &dir,
-            &format!("exec-{exec_id}"),
-            &pid_file,
-        )
-        .await;
+        let result = HostProcess::spawn(&self.runc, args, id, stdio, &dir, &pid_file).await;
         let _ = std::fs::remove_file(&spec_file);
         let _ = std::fs::remove_file(&pid_file);
         let p = result?;
