@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -440,7 +440,6 @@ pub async fn cleanup_bundle(bundle: &Path, id: &str) -> Result<bool> {
         root: state.runc_root,
         systemd_cgroup: state.systemd_cgroup,
     };
-    let _since = Instant::now();
     match runc.run(&os(&["delete", "--force", id]), None).await {
         Ok(_) | Err(SandboxError::NotFound(_)) => {}
         Err(e) => tracing::warn!("{e}"),
@@ -449,6 +448,10 @@ pub async fn cleanup_bundle(bundle: &Path, id: &str) -> Result<bool> {
         unmount(&rootfs);
     }
     let _ = std::fs::remove_dir_all(&state.state_dir);
+    // The pod's directory goes with its last container.
+    if let Some(pod_dir) = state.state_dir.parent() {
+        let _ = std::fs::remove_dir(pod_dir);
+    }
     let _ = std::fs::remove_file(bundle.join(BUNDLE_STATE_FILE));
     Ok(true)
 }
