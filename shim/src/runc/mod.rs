@@ -23,7 +23,8 @@ use crate::sandbox::{
     CreateRequest, EventSink, ExitStatus, Result, Sandbox, SandboxError, SandboxEvent, Stdio,
 };
 
-pub use bundle::{load_spec, rootfs_path, unmount};
+use crate::spec::rootfs_path;
+pub use bundle::unmount;
 pub use cli::{resolve_binary, Runc};
 use process::HostProcess;
 
