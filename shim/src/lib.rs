@@ -10,4 +10,5 @@ pub mod reaper;
 pub mod runc;
 pub mod sandbox;
 pub mod service;
+pub mod spec;
 pub mod stdio;

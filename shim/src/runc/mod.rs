@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -23,7 +23,8 @@ use crate::sandbox::{
     CreateRequest, EventSink, ExitStatus, Result, Sandbox, SandboxError, SandboxEvent, Stdio,
 };
 
-pub use bundle::{load_spec, rootfs_path, unmount};
+use crate::spec::rootfs_path;
+pub use bundle::unmount;
 pub use cli::{resolve_binary, Runc};
 use process::HostProcess;
 
@@ -141,10 +142,7 @@ impl RuncSandbox {
             args.push(req.bundle.clone().into());
             args.push("--pid-file".into());
             args.push(pid_file.clone().into());
-            HostProcess::spawn(
-                &self.runc, args, &req.id, &req.stdio, dir, "init", &pid_file,
-            )
-            .await
+            HostProcess::spawn(&self.runc, args, &req.id, &req.stdio, dir, &pid_file).await
         }
         .await;
         match result {
@@ -243,16 +241,7 @@ impl Sandbox for RuncSandbox {
         args.push(spec_file.clone().into());
         args.push("--pid-file".into());
         args.push(pid_file.clone().into());
-        let result = HostProcess::spawn(
-            &self.runc,
-            args,
-            id,
-            stdio,
-            &dir,
-            &format!("exec-{exec_id}"),
-            &pid_file,
-        )
-        .await;
+        let result = HostProcess::spawn(&self.runc, args, id, stdio, &dir, &pid_file).await;
         let _ = std::fs::remove_file(&spec_file);
         let _ = std::fs::remove_file(&pid_file);
         let p = result?;
@@ -452,7 +441,6 @@ pub async fn cleanup_bundle(bundle: &Path, id: &str) -> Result<bool> {
         root: state.runc_root,
         systemd_cgroup: state.systemd_cgroup,
     };
-    let _since = Instant::now();
     match runc.run(&os(&["delete", "--force", id]), None).await {
         Ok(_) | Err(SandboxError::NotFound(_)) => {}
         Err(e) => tracing::warn!("{e}"),
@@ -461,6 +449,10 @@ pub async fn cleanup_bundle(bundle: &Path, id: &str) -> Result<bool> {
         unmount(&rootfs);
     }
     let _ = std::fs::remove_dir_all(&state.state_dir);
+    // The pod's directory goes with its last container.
+    if let Some(pod_dir) = state.state_dir.parent() {
+        let _ = std::fs::remove_dir(pod_dir);
+    }
     let _ = std::fs::remove_file(bundle.join(BUNDLE_STATE_FILE));
     Ok(true)
 }

@@ -55,13 +55,12 @@ impl HostProcess {
         id: &str,
         stdio: &Stdio,
         dir: &Path,
-        name: &str,
         pid_file: &Path,
     ) -> Result<HostProcess> {
         let since = Instant::now();
         let log = dir.join("runc.log");
         let (io, pty) = if stdio.terminal {
-            let sock = ConsoleSocket::bind(&dir.join(format!("{name}.sock")))
+            let sock = ConsoleSocket::bind_temp()
                 .map_err(SandboxError::io("cannot create console socket"))?;
             args.push("--console-socket".into());
             args.push(sock.path().into());

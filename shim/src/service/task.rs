@@ -59,7 +59,7 @@ impl TaskService {
         let (cfg, path) = self.config_for(options_path)?;
         tracing::info!(id = req.id, config = %path.display(), "create");
         let bundle = PathBuf::from(&req.bundle);
-        let spec = crate::runc::load_spec(&bundle)?;
+        let spec = crate::spec::load_spec(&bundle)?;
         let sandbox = self.sandbox_for(&cfg).await?;
         let stdio = Stdio {
             stdin: req.stdin.clone(),

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tokio::net::UnixListener;
 
-/// A listening console socket; removed from the filesystem on drop.
+/// A listening console socket; removed (with its private directory) on drop.
 pub struct ConsoleSocket {
     path: PathBuf,
+    dir: Option<PathBuf>,
     listener: UnixListener,
 }
 
@@ -21,8 +22,27 @@ impl ConsoleSocket {
         let listener = UnixListener::bind(path)?;
         Ok(ConsoleSocket {
             path: path.to_path_buf(),
+            dir: None,
             listener,
         })
+    }
+
+    /// Binds a socket in a new private (0700) directory under the system's
+    /// temporary directory: a socket path must fit in 108 bytes, which a
+    /// path under the state directory with two 64-character ids does not.
+    pub fn bind_temp() -> io::Result<ConsoleSocket> {
+        let template = std::env::temp_dir().join("husk-pty-XXXXXX");
+        let dir = nix::unistd::mkdtemp(&template)?;
+        match ConsoleSocket::bind(&dir.join("pty.sock")) {
+            Ok(mut s) => {
+                s.dir = Some(dir);
+                Ok(s)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
     }
 
     /// The socket's path, for runc's `--console-socket`.
@@ -69,6 +89,9 @@ impl ConsoleSocket {
 impl Drop for ConsoleSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -102,5 +125,17 @@ mod tests {
         let p = sock.path().to_path_buf();
         drop(sock);
         assert!(!p.exists());
+    }
+
+    #[tokio::test]
+    async fn temp_socket_is_short_private_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let sock = ConsoleSocket::bind_temp().unwrap();
+        let path = sock.path().to_path_buf();
+        assert!(path.as_os_str().len() < 108, "{}", path.display());
+        let dir = path.parent().unwrap().to_path_buf();
+        assert_eq!(dir.metadata().unwrap().permissions().mode() & 0o777, 0o700);
+        drop(sock);
+        assert!(!dir.exists());
     }
 }

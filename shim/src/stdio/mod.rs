@@ -4,8 +4,8 @@
 //! stdout/stderr FIFOs are opened read-write so that opening never blocks
 //! and a detached client does not kill the container with SIGPIPE; the shim
 //! drops them when the process side reaches EOF, which is how the client
-//! sees the end of the output. The stdin FIFO is opened read-write too (no
-//! spurious EOF before a client writes); CloseIO ends it explicitly.
+//! sees the end of the output. The container's stdin ends when the client
+//! closes the stdin FIFO or calls CloseIO.
 
 mod console;
 mod pty;
@@ -60,9 +60,11 @@ fn open_fifo_sender(path: &str) -> Result<pipe::Sender, StdioError> {
         })
 }
 
+/// Opened read-only and non-blocking: no read happens before readiness, and
+/// the FIFO signals neither data nor hang-up until a client has opened it,
+/// so the client closing its end is the container's EOF.
 fn open_fifo_receiver(path: &str) -> Result<pipe::Receiver, StdioError> {
     pipe::OpenOptions::new()
-        .read_write(true)
         .open_receiver(path)
         .map_err(|source| StdioError::Fifo {
             path: path.to_string(),
