@@ -85,22 +85,28 @@ fn publishes_task_events_in_order(case: &mut Case) -> Result<()> {
     let (id, args) = run_args(case, &[], "exit 3");
     let out = ctr.run(&args)?;
     ensure!(out.code == 3, "exit code {} ({out:?})", out.code);
-    events.wait_for("/tasks/delete", &[&id], std::time::Duration::from_secs(10))?;
+    // `ctr run --rm` returns after containerd deleted the container record.
+    let ten = std::time::Duration::from_secs(10);
+    events.wait_for("/containers/delete", &[&id], ten)?;
+    let husk = case.target.runtime.is_husk();
+    if husk {
+        events.wait_for("/tasks/delete", &[&id], ten)?;
+    }
     let topics: Vec<String> = events
         .topics_for(&id)
         .into_iter()
         .filter(|t| t.starts_with("/tasks/"))
         .collect();
-    ensure!(
-        topics
-            == [
-                "/tasks/create",
-                "/tasks/start",
-                "/tasks/exit",
-                "/tasks/delete"
-            ],
-        "task events {topics:?}"
-    );
+    let all = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    // containerd 2.1 with its own runc shim now and then publishes no
+    // TaskDelete (seen in CI runs); husk must always publish it.
+    let ok = topics == all || (!husk && topics == all[..3]);
+    ensure!(ok, "task events {topics:?}");
     Ok(())
 }
 matrix!(publishes_task_events_in_order);
