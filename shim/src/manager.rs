@@ -183,8 +183,10 @@ impl Shim for HuskShim {
         forward(rx, Publisher::new(&address, &self.namespace));
         let namespace = self.namespace.clone();
         let sandbox_id = self.flags_id.clone();
+        let debug = self.debug;
         let factory: SandboxFactory = Box::new(move |cfg: &Config, sink| {
-            if let Some(log) = &log {
+            // The config's level applies unless containerd asked for debug.
+            if let (Some(log), false) = (&log, debug) {
                 log.set(&cfg.log_level);
             }
             let dir = cfg.state_root.join(&sandbox_id);
