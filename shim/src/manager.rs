@@ -14,7 +14,7 @@ use containerd_shim::{Config as ShimConfig, Error, Flags, StartOpts};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::reaper::reaper;
-use crate::service::{forward, SandboxFactory, TaskService, Tasks};
+use crate::service::{forward, Publisher, SandboxFactory, TaskService, Tasks};
 
 /// Environment variable carrying the `ConfigPath` from `shim start` to the
 /// shim server it spawns.
@@ -158,7 +158,7 @@ impl Shim for HuskShim {
         self.exit.wait().await;
     }
 
-    async fn create_task_service(&self, publisher: RemotePublisher) -> Tasks {
+    async fn create_task_service(&self, _crate_publisher: RemotePublisher) -> Tasks {
         let start_config = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
         let level = Config::load(
             start_config
@@ -177,11 +177,16 @@ impl Shim for HuskShim {
             "husk shim serving"
         );
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        forward(rx, publisher, self.namespace.clone());
+        // Our own publisher: the crate's builds protobuf reflection tables
+        // for every event (to name its type), which costs the shim memory.
+        let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+        forward(rx, Publisher::new(&address, &self.namespace));
         let namespace = self.namespace.clone();
         let sandbox_id = self.flags_id.clone();
+        let debug = self.debug;
         let factory: SandboxFactory = Box::new(move |cfg: &Config, sink| {
-            if let Some(log) = &log {
+            // The config's level applies unless containerd asked for debug.
+            if let (Some(log), false) = (&log, debug) {
                 log.set(&cfg.log_level);
             }
             let dir = cfg.state_root.join(&sandbox_id);

@@ -7,6 +7,7 @@
 //! The message is tiny (`type_url = 1`, `config_path = 2`), so it is decoded
 //! here by hand instead of generating code for it.
 
+use containerd_shim::protos::protobuf::rt::WireType;
 use containerd_shim::protos::protobuf::{well_known_types::any::Any, CodedInputStream, Message};
 
 /// Errors decoding runtime options.
@@ -14,6 +15,8 @@ use containerd_shim::protos::protobuf::{well_known_types::any::Any, CodedInputSt
 pub enum OptionsError {
     #[error("invalid runtime options: {0}")]
     Decode(#[from] containerd_shim::protos::protobuf::Error),
+    #[error("invalid runtime options: bad protobuf tag {0:#x}")]
+    WireType(u32),
 }
 
 /// The `config_path` carried by an `Any` holding `runtimeoptions.v1.Options`;
@@ -28,10 +31,10 @@ pub fn config_path_from_any(any: &Any) -> Result<Option<String>, OptionsError> {
         match tag {
             // field 2, wire type 2 (length-delimited): config_path
             0x12 => path = input.read_string()?,
-            _ => input.skip_field(
-                containerd_shim::protos::protobuf::rt::WireType::new(tag & 7)
-                    .unwrap_or(containerd_shim::protos::protobuf::rt::WireType::LengthDelimited),
-            )?,
+            _ => {
+                let wire_type = WireType::new(tag & 7).ok_or(OptionsError::WireType(tag))?;
+                input.skip_field(wire_type)?
+            }
         }
     }
     Ok((!path.is_empty()).then_some(path))
@@ -92,6 +95,16 @@ mod tests {
         assert_eq!(config_path_from_any(&any).unwrap(), None);
         let empty = options_any("runtimeoptions.v1.Options", "");
         assert_eq!(config_path_from_any(&empty).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_wire_type_is_an_error() {
+        let any = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value: vec![0x0f, 0x00],
+            ..Default::default()
+        };
+        assert!(config_path_from_any(&any).is_err());
     }
 
     #[test]

@@ -459,3 +459,6 @@ pub async fn cleanup_bundle(bundle: &Path, id: &str) -> Result<bool> {
 
 /// Shared handle type used by the service.
 pub type SharedSandbox = Arc<dyn Sandbox>;
+
+#[cfg(test)]
+mod tests;

@@ -42,6 +42,7 @@ fn stdio_err(e: crate::stdio::StdioError) -> SandboxError {
         {
             SandboxError::NotFound(e.to_string())
         }
+        crate::stdio::StdioError::Unsupported(_) => SandboxError::InvalidArgument(e.to_string()),
         _ => SandboxError::Internal(e.to_string()),
     }
 }

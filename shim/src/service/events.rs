@@ -1,16 +1,14 @@
 //! Events the shim publishes to containerd, kept in one ordered queue.
 
-use containerd_shim::event::Event as _;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::MessageDyn;
-use containerd_shim::protos::ttrpc::context::Context;
-use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::protos::protobuf::Message;
 use tokio::sync::mpsc;
 
+use super::publisher::Publisher;
 use crate::sandbox::{ExitStatus, RootfsMount, Stdio};
 
 /// One event for containerd.
@@ -56,18 +54,24 @@ impl TaskEvent {
         }
     }
 
-    fn into_message(self) -> (String, Box<dyn MessageDyn>) {
-        match self {
-            TaskEvent::Create(e) => (e.topic(), Box::new(e)),
-            TaskEvent::Start(e) => (e.topic(), Box::new(e)),
-            TaskEvent::Exit(e) => (e.topic(), Box::new(e)),
-            TaskEvent::ExecAdded(e) => (e.topic(), Box::new(e)),
-            TaskEvent::ExecStarted(e) => (e.topic(), Box::new(e)),
-            TaskEvent::Oom(e) => (e.topic(), Box::new(e)),
-            TaskEvent::Paused(e) => (e.topic(), Box::new(e)),
-            TaskEvent::Resumed(e) => (e.topic(), Box::new(e)),
-            TaskEvent::Delete(e) => (e.topic(), Box::new(e)),
-        }
+    /// Topic, protobuf type name and encoding, the way containerd decodes
+    /// events (the type name is the message's full proto name, so no
+    /// reflection is needed to build the `Any`).
+    fn encode(&self) -> (&'static str, &'static str, Vec<u8>) {
+        let (topic, type_name, bytes) = match self {
+            TaskEvent::Create(e) => ("/tasks/create", "TaskCreate", e.write_to_bytes()),
+            TaskEvent::Start(e) => ("/tasks/start", "TaskStart", e.write_to_bytes()),
+            TaskEvent::Exit(e) => ("/tasks/exit", "TaskExit", e.write_to_bytes()),
+            TaskEvent::ExecAdded(e) => ("/tasks/exec-added", "TaskExecAdded", e.write_to_bytes()),
+            TaskEvent::ExecStarted(e) => {
+                ("/tasks/exec-started", "TaskExecStarted", e.write_to_bytes())
+            }
+            TaskEvent::Oom(e) => ("/tasks/oom", "TaskOOM", e.write_to_bytes()),
+            TaskEvent::Paused(e) => ("/tasks/paused", "TaskPaused", e.write_to_bytes()),
+            TaskEvent::Resumed(e) => ("/tasks/resumed", "TaskResumed", e.write_to_bytes()),
+            TaskEvent::Delete(e) => ("/tasks/delete", "TaskDelete", e.write_to_bytes()),
+        };
+        (topic, type_name, bytes.unwrap_or_default())
     }
 
     pub fn create(
@@ -114,23 +118,51 @@ impl TaskEvent {
     }
 }
 
-/// Forwards queued events to containerd until the queue closes.
-pub fn forward(
-    mut rx: mpsc::UnboundedReceiver<TaskEvent>,
-    publisher: RemotePublisher,
-    namespace: String,
-) {
+/// Forwards queued events to containerd, in order, until the queue closes.
+pub fn forward(mut rx: mpsc::UnboundedReceiver<TaskEvent>, mut publisher: Publisher) {
     tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
-            let name = ev.name();
-            let (topic, msg) = ev.into_message();
-            tracing::debug!(topic, "publish");
-            if let Err(e) = publisher
-                .publish(Context::default(), &topic, &namespace, msg)
-                .await
-            {
-                tracing::warn!("cannot publish {name} event: {e}");
-            }
+            let (topic, type_name, value) = ev.encode();
+            publisher
+                .publish(topic, &format!("containerd.events.{type_name}"), value)
+                .await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim::event::Event;
+    use containerd_shim::protos::protobuf::MessageDyn;
+
+    #[test]
+    fn topics_and_type_names_match_containerd() {
+        let exit = TaskEvent::exit(
+            "c",
+            "c",
+            7,
+            ExitStatus {
+                code: 3,
+                at: std::time::SystemTime::now(),
+            },
+        );
+        let (topic, name, bytes) = exit.encode();
+        let TaskEvent::Exit(e) = &exit else {
+            unreachable!()
+        };
+        assert_eq!(topic, e.topic());
+        assert_eq!(
+            format!("containerd.events.{name}"),
+            e.descriptor_dyn().full_name()
+        );
+        assert_eq!(TaskExit::parse_from_bytes(&bytes).unwrap().exit_status, 3);
+        let oom = TaskEvent::Oom(TaskOOM::default());
+        let (topic, name, _) = oom.encode();
+        assert_eq!(topic, TaskOOM::default().topic());
+        assert_eq!(
+            format!("containerd.events.{name}"),
+            TaskOOM::default().descriptor_dyn().full_name()
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! events, and the mapping of every error to its ttrpc code.
 
 mod events;
+mod publisher;
 mod state;
 mod task;
 
@@ -16,6 +17,7 @@ use tokio::sync::{mpsc, OnceCell};
 
 use events::EventQueue;
 pub use events::{forward, timestamp, TaskEvent};
+pub use publisher::Publisher;
 use state::ContainerState;
 pub use task::Tasks;
 

@@ -33,6 +33,13 @@ pub enum StdioError {
     Pipe(#[source] nix::Error),
     #[error("console socket: {0}")]
     Console(#[source] std::io::Error),
+    #[error("unsupported stdio URI {0}: use a FIFO path or file://")]
+    Unsupported(String),
+    #[error("cannot open log file {path}: {source}")]
+    LogFile {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// The process side of stdio for a non-terminal process: what the runtime
@@ -70,6 +77,23 @@ fn open_fifo_receiver(path: &str) -> Result<pipe::Receiver, StdioError> {
             path: path.to_string(),
             source,
         })
+}
+
+/// Opens (creating it and its directory) a `file://` log target for appending.
+fn open_log_file(path: &str) -> Result<OwnedFd, StdioError> {
+    let err = |source| StdioError::LogFile {
+        path: path.to_string(),
+        source,
+    };
+    if let Some(dir) = Path::new(path).parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(err)?;
+    Ok(f.into())
 }
 
 fn pipe_pair() -> Result<(OwnedFd, OwnedFd), StdioError> {
@@ -149,6 +173,14 @@ impl IoCopy {
         ] {
             if path.is_empty() {
                 continue;
+            }
+            if let Some(file) = path.strip_prefix("file://") {
+                // containerd's file log URI: the process writes to the file itself.
+                *slot = Some(open_log_file(file)?);
+                continue;
+            }
+            if path.contains("://") {
+                return Err(StdioError::Unsupported(path.to_string()));
             }
             let fifo = open_fifo_sender(path)?;
             let (r, w) = pipe_pair()?;
@@ -278,6 +310,30 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(got, "abc");
+    }
+
+    #[test]
+    fn file_uri_gives_the_process_the_file() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("logs/c.log");
+        let uri = format!("file://{}", log.display());
+        let (fds, _io) = IoCopy::pipes("", &uri, &uri).unwrap();
+        std::fs::File::from(fds.stdout.unwrap())
+            .write_all(b"out\n")
+            .unwrap();
+        std::fs::File::from(fds.stderr.unwrap())
+            .write_all(b"err\n")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "out\nerr\n");
+        let e = IoCopy::pipes("", "binary:///usr/bin/logger", "")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("binary:///usr/bin/logger"), "{e}");
     }
 
     #[test]
