@@ -10,7 +10,9 @@
 #
 # usage: scripts/bench-runc.sh [N]     (default N=50)
 #   BENCH_CONTAINERD=1.6|2   which test containerd (default 1.6)
-#   BENCH_PROFILE=release    which husk shim build (default release)
+#   BENCH_PROFILE=release    which cargo profile builds the husk shim
+#                            (default release; e.g. shim, debug)
+#   BENCH_STATIC=1           build it static and non-PIE (--target x86_64-unknown-linux-gnu)
 # Starts the test environment if it is not up (and stops it again after).
 set -euo pipefail
 
@@ -29,10 +31,17 @@ prefix="husk-bench-$$"
 
 log() { echo "bench: $*" >&2; }
 
-if [ "$profile" = release ]; then
-	cargo build -q --release -p husk-shim --bin containerd-shim-husk-v2
-else
+shim_bin="$profile"
+if [ "$profile" = debug ]; then
 	cargo build -q -p husk-shim --bin containerd-shim-husk-v2
+elif [ "${BENCH_STATIC:-0}" = 1 ]; then
+	# static, non-PIE: the build docs/shim.md recommends for the shim
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+		cargo build -q --profile "$profile" --target x86_64-unknown-linux-gnu \
+		-p husk-shim --bin containerd-shim-husk-v2
+	shim_bin="${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-gnu/$profile/containerd-shim-husk-v2"
+else
+	cargo build -q --profile "$profile" -p husk-shim --bin containerd-shim-husk-v2
 fi
 
 started_env=0
@@ -40,7 +49,7 @@ if ! scripts/test-env.sh status >/dev/null 2>&1; then
 	scripts/test-env.sh up >/dev/null
 	started_env=1
 fi
-scripts/test-env.sh use-shim "$profile"
+scripts/test-env.sh use-shim "$shim_bin"
 
 cleanup() {
 	local id
@@ -118,7 +127,7 @@ rm -rf "$tmp"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", a / b }'; }
 
 cat <<EOF
-containerd $("${ctr_bin}" --address "$d/containerd.sock" version 2>/dev/null | awk '/Version:/ { v = $2 } END { print v }'), runc $(runc --version | awk 'NR == 1 { print $3 }'), husk shim ($profile build), $n runs each, $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ)
+containerd $("${ctr_bin}" --address "$d/containerd.sock" version 2>/dev/null | awk '/Version:/ { v = $2 } END { print v }'), runc $(runc --version | awk 'NR == 1 { print $3 }'), husk shim ($profile build$([ "${BENCH_STATIC:-0}" = 1 ] && echo ", static")), $n runs each, $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ)
 
 | runtime | p50 ms | p95 ms | mean ms | shim RSS KiB | shim PSS KiB |
 | --- | ---: | ---: | ---: | ---: | ---: |

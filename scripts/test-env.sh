@@ -77,8 +77,11 @@ install_containerd2() {
 	"$c2/usr/bin/containerd" --version >&2
 }
 
+# use_shim <profile>|<path>: a cargo profile's build in the target dir
+# (debug, release, ...) or the path of a containerd-shim-husk-v2 binary.
 use_shim() {
 	local profile=$1 bin="$target/$1/containerd-shim-husk-v2"
+	case "$1" in */*) bin=$1 ;; esac
 	mkdir -p "$run/bin"
 	ln -sfn "$bin" "$run/bin/containerd-shim-husk-v2"
 	[ -x "$bin" ] || log "warning: $bin is not built yet (cargo build${profile/debug/} -p husk-shim)"
