@@ -1,0 +1,416 @@
+//! Process stdio on the agent side: pipes or a pty per process, and the
+//! copy loops between them and the raw stdio connections.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use husk_agent_api::pb;
+use husk_agent_api::stdio::StreamKind;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Notify;
+
+use crate::sys::plan::StdioPlan;
+
+/// Copy buffer for output streams.
+const COPY_BUF: usize = 256 * 1024;
+/// Pipe capacity asked for on output pipes (the default max of
+/// /proc/sys/fs/pipe-max-size); fewer wakeups for bulk output.
+const PIPE_SIZE: libc::c_int = 1 << 20;
+
+/// Errors creating or attaching stdio.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("cannot create stdio pipes or pty")]
+    Create(#[source] io::Error),
+    #[error("stream {0:?} was not requested for this process or is already attached")]
+    NotAvailable(StreamKind),
+}
+
+/// The agent's ends of a process's stdio.
+pub struct ProcIo {
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    /// The pty master of a terminal process (kept for resize).
+    pty: Option<Arc<OwnedFd>>,
+    pty_in_taken: bool,
+    pty_out_taken: bool,
+    /// Wakes an attached stdin copy to close the process's stdin.
+    close_stdin: Arc<Notify>,
+    stdin_closed: bool,
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are new and owned only here.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a live fd with integer arguments.
+    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if fl < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn dev_null() -> io::Result<OwnedFd> {
+    Ok(std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?
+        .into())
+}
+
+/// Sets the window size of a pty.
+pub fn resize(fd: &OwnedFd, rows: u32, cols: u32) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows.min(u16::MAX as u32) as u16,
+        ws_col: cols.min(u16::MAX as u32) as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: fd is a live pty fd; ws is a valid winsize for the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/ptmx")?
+        .into();
+    let mut unlock: libc::c_int = 0;
+    let mut n: libc::c_uint = 0;
+    // SAFETY: master is a live ptmx fd; both ioctls take pointers to ints we own.
+    unsafe {
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock) < 0
+            || libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // Open the slave through the master (TIOCGPTPEER): no path lookup.
+    // SAFETY: ioctl returns a new fd or -1.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: slave is a new fd owned only here.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+impl ProcIo {
+    /// Creates what `req` asks for: the child's plan and the agent's ends.
+    pub fn create(req: &pb::Stdio) -> Result<(StdioPlan, ProcIo), StdioError> {
+        let e = StdioError::Create;
+        let mut io = ProcIo {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            pty: None,
+            pty_in_taken: false,
+            pty_out_taken: false,
+            close_stdin: Arc::new(Notify::new()),
+            stdin_closed: false,
+        };
+        if req.terminal {
+            let (master, slave) = openpty().map_err(e)?;
+            if req.rows > 0 && req.cols > 0 {
+                resize(&master, req.rows, req.cols).map_err(e)?;
+            }
+            set_nonblocking(&master).map_err(e)?;
+            io.pty = Some(Arc::new(master));
+            let plan = StdioPlan {
+                stdin: slave.try_clone().map_err(e)?,
+                stdout: slave.try_clone().map_err(e)?,
+                stderr: slave,
+                tty: true,
+            };
+            return Ok((plan, io));
+        }
+        let stdin = if req.stdin {
+            let (r, w) = pipe().map_err(e)?;
+            set_nonblocking(&w).map_err(e)?;
+            io.stdin = Some(w);
+            r
+        } else {
+            dev_null().map_err(e)?
+        };
+        let out = |want: bool, slot: &mut Option<OwnedFd>| -> Result<OwnedFd, StdioError> {
+            if !want {
+                return dev_null().map_err(StdioError::Create);
+            }
+            let (r, w) = pipe().map_err(StdioError::Create)?;
+            // SAFETY: fcntl on a live pipe fd; failure only keeps the default size.
+            unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+            set_nonblocking(&r).map_err(StdioError::Create)?;
+            *slot = Some(r);
+            Ok(w)
+        };
+        let stdout = out(req.stdout, &mut io.stdout)?;
+        let stderr = out(req.stderr, &mut io.stderr)?;
+        Ok((
+            StdioPlan {
+                stdin,
+                stdout,
+                stderr,
+                tty: false,
+            },
+            io,
+        ))
+    }
+
+    pub fn pty(&self) -> Option<&Arc<OwnedFd>> {
+        self.pty.as_ref()
+    }
+
+    /// Closes stdin: drops the unattached pipe end, or tells the attached
+    /// copy to stop.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+        self.stdin_closed = true;
+        self.close_stdin.notify_one();
+    }
+
+    /// Takes the fds for one stream connection: (input to the process,
+    /// output from the process).
+    pub fn take(&mut self, kind: StreamKind) -> Result<Attach, StdioError> {
+        let na = || StdioError::NotAvailable(kind);
+        let dup = |fd: &Arc<OwnedFd>| fd.try_clone().map_err(|_| na());
+        let mut a = Attach {
+            input: None,
+            output: None,
+            close: self.close_stdin.clone(),
+        };
+        match (kind, self.pty.clone()) {
+            (StreamKind::Stdin, None) => a.input = Some(self.stdin.take().ok_or_else(na)?),
+            (StreamKind::Stdout, None) => a.output = Some(self.stdout.take().ok_or_else(na)?),
+            (StreamKind::Stderr, None) => a.output = Some(self.stderr.take().ok_or_else(na)?),
+            (StreamKind::Tty, None) | (StreamKind::Stderr, Some(_)) => return Err(na()),
+            (StreamKind::Stdin, Some(m)) if !self.pty_in_taken && !self.stdin_closed => {
+                self.pty_in_taken = true;
+                a.input = Some(dup(&m)?);
+            }
+            (StreamKind::Stdout, Some(m)) if !self.pty_out_taken => {
+                self.pty_out_taken = true;
+                a.output = Some(dup(&m)?);
+            }
+            (StreamKind::Tty, Some(m)) if !self.pty_in_taken && !self.pty_out_taken => {
+                (self.pty_in_taken, self.pty_out_taken) = (true, true);
+                a.input = Some(dup(&m)?);
+                a.output = Some(dup(&m)?);
+            }
+            _ => return Err(na()),
+        }
+        Ok(a)
+    }
+}
+
+/// fds handed to one stream connection.
+pub struct Attach {
+    input: Option<OwnedFd>,
+    output: Option<OwnedFd>,
+    close: Arc<Notify>,
+}
+
+impl Attach {
+    /// Runs the copies until both directions are done.
+    pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(self, sock: S) {
+        let (mut rd, mut wr) = tokio::io::split(sock);
+        let close = self.close;
+        let input = async move {
+            let Some(fd) = self.input else { return };
+            let Ok(mut dst) = FdIo::new(fd) else { return };
+            tokio::select! {
+                _ = tokio::io::copy(&mut rd, &mut dst) => {}
+                _ = close.notified() => {}
+            }
+            // Dropping dst closes the process's stdin: it reads EOF.
+        };
+        let output = async move {
+            let Some(fd) = self.output else { return };
+            let Ok(mut src) = FdIo::new(fd) else { return };
+            let mut buf = vec![0u8; COPY_BUF];
+            loop {
+                match src.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if wr.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = wr.shutdown().await;
+        };
+        tokio::join!(input, output);
+    }
+}
+
+/// A non-blocking pipe or pty fd as AsyncRead/AsyncWrite. A pty master
+/// reports EIO once the last slave fd closes: that is EOF here.
+pub struct FdIo(AsyncFd<OwnedFd>);
+
+impl FdIo {
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        set_nonblocking(&fd)?;
+        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same
+        // descriptor until the AsyncFd drops.
+        let afd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+        Ok(FdIo(afd))
+    }
+}
+
+impl AsyncRead for FdIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            let res = guard.try_io(|fd| {
+                // SAFETY: reads into the initialized, unfilled part of buf.
+                let n = unsafe {
+                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match res {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for FdIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.0.poll_write_ready(cx))?;
+            let res = guard.try_io(|fd| {
+                // SAFETY: writes from a live slice.
+                let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match res {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pipes_carry_bytes_and_eof() {
+        let req = pb::Stdio {
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        };
+        let (plan, mut io) = ProcIo::create(&req).unwrap();
+        let a = io.take(StreamKind::Stdin).unwrap();
+        assert!(io.take(StreamKind::Stdin).is_err(), "second attach refused");
+        assert!(io.take(StreamKind::Tty).is_err());
+        let mut w = FdIo::new(a.input.unwrap()).unwrap();
+        w.write_all(b"hi").await.unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        std::fs::File::from(plan.stdin).read_to_end_sync(&mut got);
+        assert_eq!(got, b"hi");
+    }
+
+    trait ReadSync {
+        fn read_to_end_sync(self, v: &mut Vec<u8>);
+    }
+    impl ReadSync for std::fs::File {
+        fn read_to_end_sync(mut self, v: &mut Vec<u8>) {
+            std::io::Read::read_to_end(&mut self, v).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn pty_gets_size_and_master_reads_slave_output() {
+        let req = pb::Stdio {
+            terminal: true,
+            rows: 30,
+            cols: 100,
+            ..Default::default()
+        };
+        let (plan, mut io) = ProcIo::create(&req).unwrap();
+        let mut ws: libc::winsize = unsafe_zeroed();
+        // SAFETY: plan.stdout is the pty slave; ws is a valid out pointer.
+        unsafe { libc::ioctl(plan.stdout.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        assert_eq!((ws.ws_row, ws.ws_col), (30, 100));
+        let a = io.take(StreamKind::Stdout).unwrap();
+        std::io::Write::write_all(&mut std::fs::File::from(plan.stdout), b"x").unwrap();
+        drop(plan.stdin);
+        drop(plan.stderr);
+        let mut r = FdIo::new(a.output.unwrap()).unwrap();
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"x");
+    }
+
+    fn unsafe_zeroed() -> libc::winsize {
+        libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }
+    }
+}
