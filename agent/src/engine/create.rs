@@ -85,6 +85,7 @@ impl Engine {
                     status: Status::Creating,
                     init: Proc {
                         pid,
+                        oom_base,
                         io,
                         exit: watch::channel(None).0,
                     },
@@ -187,7 +188,7 @@ impl Engine {
         }
         let p: Process = serde_json::from_slice(&req.process_json)
             .map_err(|e| EngineError::Invalid(format!("process is not valid json: {e}")))?;
-        let (init_pid, namespaces, seccomp, cgroup) = {
+        let (init_pid, namespaces, seccomp, cgroup, oom_base) = {
             let mut t = self.tables();
             let c = t.container(id)?;
             if c.status != Status::Running {
@@ -201,11 +202,13 @@ impl Engine {
                     "too many execs; wait for some first".into(),
                 ));
             }
+            let base = self.cgroups.oom_kills(&c.cgroup).unwrap_or(0);
             (
                 c.init.pid,
                 c.namespaces.clone(),
                 c.seccomp.clone(),
                 c.cgroup.clone(),
+                base,
             )
         };
         let process = process_plan(&p, seccomp)?;
@@ -241,6 +244,7 @@ impl Engine {
                         eid.to_string(),
                         Proc {
                             pid,
+                            oom_base,
                             io,
                             exit: watch::channel(None).0,
                         },

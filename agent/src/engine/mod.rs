@@ -74,6 +74,8 @@ pub struct Exit {
 /// One process (init or exec).
 pub(crate) struct Proc {
     pub pid: i32,
+    /// The cgroup's oom_kill count when the process started.
+    pub oom_base: u64,
     pub io: ProcIo,
     pub exit: watch::Sender<Option<Exit>>,
 }

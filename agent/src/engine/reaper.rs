@@ -49,10 +49,9 @@ impl Engine {
         let Some(c) = t.containers.get_mut(&cid) else {
             return;
         };
-        // The OOM killer acts before the exit is visible: report it first.
+        // Report the OOM kill before the exit (unless the watcher already did).
         let kills = self.cgroups.oom_kills(&c.cgroup).unwrap_or(c.oom_seen);
-        let oom_killed = kills > c.oom_seen;
-        if oom_killed {
+        if kills > c.oom_seen {
             c.oom_seen = kills;
             self.emit(&cid, "", pb::event::Kind::Oom(pb::OomEvent {}));
         }
@@ -73,7 +72,7 @@ impl Engine {
         let exit = Exit {
             code,
             signal,
-            oom_killed: oom_killed && signal == libc::SIGKILL as u32,
+            oom_killed: signal == libc::SIGKILL as u32 && kills > proc.oom_base,
             at_ns: now_ns(),
         };
         proc.exit.send_replace(Some(exit));
