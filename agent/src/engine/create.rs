@@ -55,6 +55,7 @@ impl Engine {
         let oom_base = self.cgroups.oom_kills(&cgroup).unwrap_or(0);
         let child = ChildPlan {
             join_ns: Vec::new(),
+            userns_root: plan.clone_flags & libc::CLONE_NEWUSER != 0,
             unshare_cgroup: plan.unshare_cgroup,
             rootfs: Some(plan.rootfs),
             process: plan.process,
@@ -225,8 +226,10 @@ impl Engine {
                 join_ns.push((fd, *typ));
             }
         }
+        let userns_root = join_ns.iter().any(|(_, t)| *t == libc::CLONE_NEWUSER);
         let child = ChildPlan {
             join_ns,
+            userns_root,
             unshare_cgroup: false,
             rootfs: None,
             process,

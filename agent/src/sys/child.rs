@@ -55,6 +55,14 @@ fn setup(plan: ChildPlan, sync: &mut UnixStream) -> Result<std::convert::Infalli
         // SAFETY: fd is a live namespace fd owned by the plan.
         check(unsafe { libc::setns(fd.as_raw_fd(), *nstype) }, "setns")?;
     }
+    if plan.userns_root {
+        // SAFETY: integer arguments only.
+        let rc = unsafe { libc::setresgid(0, 0, 0) };
+        check(rc, "setresgid 0 in the user namespace")?;
+        // SAFETY: integer arguments only.
+        let rc = unsafe { libc::setresuid(0, 0, 0) };
+        check(rc, "setresuid 0 in the user namespace")?;
+    }
     if plan.unshare_cgroup {
         // SAFETY: integer flag argument only.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWCGROUP) };

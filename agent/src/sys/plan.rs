@@ -101,6 +101,9 @@ pub struct StdioPlan {
 pub struct ChildPlan {
     /// Namespaces to join (setns) first, user namespace first.
     pub join_ns: Vec<(OwnedFd, libc::c_int)>,
+    /// In a new or joined user namespace: become its root (uid/gid 0 inside)
+    /// before anything else, as the agent's host uid is not mapped there.
+    pub userns_root: bool,
     /// unshare(CLONE_NEWCGROUP) after joining the cgroup, so the
     /// container's cgroup namespace is rooted at its own cgroup.
     pub unshare_cgroup: bool,
