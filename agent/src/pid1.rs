@@ -138,10 +138,13 @@ pub fn create_sandbox(engine: &Engine, r: pb::CreateSandboxRequest) -> Result<()
         }
     }
     if !r.cgroup_parent.is_empty() {
+        // Always below the agent's own parent: a request cannot place
+        // containers elsewhere in the hierarchy.
+        let parent = format!("{}/{}", engine.cfg.cgroup_parent, r.cgroup_parent);
         *engine
             .cgroup_parent
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = r.cgroup_parent;
+            .unwrap_or_else(|p| p.into_inner()) = parent;
     }
     Ok(())
 }

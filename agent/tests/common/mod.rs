@@ -78,6 +78,11 @@ impl Agent {
         }
     }
 
+    /// PID of the agent process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     pub async fn client(&self) -> AgentClient<Channel> {
         connect(&format!("unix:{}", self.sock.display()))
             .await

@@ -1,0 +1,95 @@
+//! Agent benchmark (ignored by default; run with
+//! `cargo test --release -p husk-agent --test bench -- --ignored --nocapture`):
+//! create+start+wait of `true` 100 times (p50/p95), stdout throughput,
+//! agent RSS idle.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use husk_agent_api::stdio::StreamKind;
+
+const RUNS: usize = 100;
+const BULK_BYTES: u64 = 512 << 20;
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+#[tokio::test]
+#[ignore = "benchmark; run explicitly"]
+async fn bench_agent() {
+    if !requirements_met() {
+        return;
+    }
+    let agent = Agent::start();
+    let mut c = agent.client().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_start = rss_kib(agent.pid());
+    let rootfs = agent.rootfs("bench");
+    let s = spec(&["true"]);
+    let mut times = Vec::with_capacity(RUNS);
+    let mut remove_total = Duration::ZERO;
+    for i in 0..RUNS {
+        let id = format!("t{i}");
+        let t0 = Instant::now();
+        create(&agent, &mut c, &id, &s, &rootfs, false).await;
+        start(&mut c, &id).await;
+        let exit = wait(&mut c, &id, "").await;
+        times.push(t0.elapsed());
+        assert_eq!(exit.exit_code, 0);
+        let t1 = Instant::now();
+        remove(&mut c, &id).await;
+        remove_total += t1.elapsed();
+    }
+    times.sort();
+    let bulk = spec(&["head", "-c", &BULK_BYTES.to_string(), "/dev/zero"]);
+    create(&agent, &mut c, "bulk", &bulk, &rootfs, false).await;
+    let out = agent.open("bulk", "", StreamKind::Stdout).await;
+    let t0 = Instant::now();
+    start(&mut c, "bulk").await;
+    let n = read_all(out).await.len() as u64;
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(n, BULK_BYTES);
+    wait(&mut c, "bulk", "").await;
+    remove(&mut c, "bulk").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_after = rss_kib(agent.pid());
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!(
+        "| create+start+wait `true`, p50 ({RUNS} runs) | {:.1} ms |",
+        pct(&times, 0.5)
+    );
+    println!(
+        "| create+start+wait `true`, p95 | {:.1} ms |",
+        pct(&times, 0.95)
+    );
+    println!(
+        "| create+start+wait `true`, min / max | {:.1} / {:.1} ms |",
+        pct(&times, 0.0),
+        pct(&times, 1.0)
+    );
+    println!(
+        "| remove (avg) | {:.1} ms |",
+        remove_total.as_secs_f64() * 1000.0 / RUNS as f64
+    );
+    println!(
+        "| stdout throughput ({} MiB) | {:.0} MiB/s |",
+        BULK_BYTES >> 20,
+        (n as f64 / (1 << 20) as f64) / secs
+    );
+    println!("| agent RSS idle at start | {rss_start} KiB |");
+    println!("| agent RSS idle after the runs | {rss_after} KiB |");
+}
