@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use husk_agent_api::pb;
 use husk_agent_api::stdio::StreamKind;
@@ -244,9 +245,26 @@ impl Attach {
         let input = async move {
             let Some(fd) = self.input else { return };
             let Ok(mut dst) = FdIo::new(fd) else { return };
-            tokio::select! {
-                _ = tokio::io::copy(&mut rd, &mut dst) => {}
-                _ = close.notified() => {}
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = tokio::select! {
+                    r = rd.read(&mut buf) => match r {
+                        Ok(n) if n > 0 => n,
+                        _ => break,
+                    },
+                    _ = close.notified() => {
+                        // CloseStdin: pass on what already arrived, then close.
+                        while let Ok(Ok(n)) = tokio::time::timeout(Duration::ZERO, rd.read(&mut buf)).await {
+                            if n == 0 || dst.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        break;
+                    }
+                };
+                if dst.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
             }
             // Dropping dst closes the process's stdin: it reads EOF.
         };

@@ -125,3 +125,34 @@ async fn hundred_mib_of_stdout_arrive_complete_and_in_order() {
     assert_eq!(wait(&mut c, "big", "").await.exit_code, 0);
     remove(&mut c, "big").await;
 }
+
+#[tokio::test]
+async fn close_stdin_rpc_delivers_eof_while_attached() {
+    if !requirements_met() {
+        return;
+    }
+    let agent = Agent::start();
+    let mut c = agent.client().await;
+    let s = spec(&["sh", "-c", "cat; echo eof-seen"]);
+    let rootfs = agent.rootfs("cl");
+    create(&agent, &mut c, "cl", &s, &rootfs, true).await;
+    let mut input = agent.open("cl", "", StreamKind::Stdin).await;
+    let out = agent.open("cl", "", StreamKind::Stdout).await;
+    start(&mut c, "cl").await;
+    tokio::io::AsyncWriteExt::write_all(&mut input, b"data\n")
+        .await
+        .unwrap();
+    // The bytes are in the agent's socket buffer once write_all returns;
+    // CloseStdin passes them on before closing.
+    c.close_stdin(husk_agent_api::pb::ProcessRequest {
+        container_id: "cl".into(),
+        exec_id: String::new(),
+    })
+    .await
+    .unwrap();
+    // The socket stays open: EOF came from CloseStdin.
+    assert_eq!(read_all(out).await, b"data\neof-seen\n");
+    assert_eq!(wait(&mut c, "cl", "").await.exit_code, 0);
+    drop(input);
+    remove(&mut c, "cl").await;
+}
