@@ -73,56 +73,6 @@ fn dev_null() -> io::Result<OwnedFd> {
         .into())
 }
 
-/// Sets the window size of a pty.
-pub fn resize(fd: &OwnedFd, rows: u32, cols: u32) -> io::Result<()> {
-    let ws = libc::winsize {
-        ws_row: rows.min(u16::MAX as u32) as u16,
-        ws_col: cols.min(u16::MAX as u32) as u16,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: fd is a live pty fd; ws is a valid winsize for the call.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
-    let master: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open("/dev/ptmx")?
-        .into();
-    let mut unlock: libc::c_int = 0;
-    let mut n: libc::c_uint = 0;
-    // SAFETY: master is a live ptmx fd; both ioctls take pointers to ints we own.
-    unsafe {
-        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock) < 0
-            || libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    // Open the slave through the master (TIOCGPTPEER): no path lookup.
-    // SAFETY: ioctl returns a new fd or -1.
-    let slave = unsafe {
-        libc::ioctl(
-            master.as_raw_fd(),
-            libc::TIOCGPTPEER,
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    };
-    if slave < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: slave is a new fd owned only here.
-    Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
-}
-
-use std::os::unix::fs::OpenOptionsExt;
-
 impl ProcIo {
     /// Creates what `req` asks for: the child's plan and the agent's ends.
     pub fn create(req: &pb::Stdio) -> Result<(StdioPlan, ProcIo), StdioError> {
@@ -138,17 +88,11 @@ impl ProcIo {
             stdin_closed: false,
         };
         if req.terminal {
-            let (master, slave) = openpty().map_err(e)?;
-            if req.rows > 0 && req.cols > 0 {
-                resize(&master, req.rows, req.cols).map_err(e)?;
-            }
-            set_nonblocking(&master).map_err(e)?;
-            io.pty = Some(Arc::new(master));
-            let plan = StdioPlan {
-                stdin: slave.try_clone().map_err(e)?,
-                stdout: slave.try_clone().map_err(e)?,
-                stderr: slave,
-                tty: true,
+            // The child opens the pty in the container's devpts and sends
+            // the master back; see set_pty.
+            let plan = StdioPlan::Pty {
+                rows: req.rows,
+                cols: req.cols,
             };
             return Ok((plan, io));
         }
@@ -174,14 +118,20 @@ impl ProcIo {
         let stdout = out(req.stdout, &mut io.stdout)?;
         let stderr = out(req.stderr, &mut io.stderr)?;
         Ok((
-            StdioPlan {
+            StdioPlan::Fds {
                 stdin,
                 stdout,
                 stderr,
-                tty: false,
             },
             io,
         ))
+    }
+
+    /// Installs the pty master the child sent.
+    pub fn set_pty(&mut self, master: OwnedFd) -> Result<(), StdioError> {
+        set_nonblocking(&master).map_err(StdioError::Create)?;
+        self.pty = Some(Arc::new(master));
+        Ok(())
     }
 
     pub fn pty(&self) -> Option<&Arc<OwnedFd>> {
@@ -387,7 +337,10 @@ mod tests {
         w.write_all(b"hi").await.unwrap();
         drop(w);
         let mut got = Vec::new();
-        std::fs::File::from(plan.stdin).read_to_end_sync(&mut got);
+        let StdioPlan::Fds { stdin, .. } = plan else {
+            panic!("pipes expected")
+        };
+        std::fs::File::from(stdin).read_to_end_sync(&mut got);
         assert_eq!(got, b"hi");
     }
 
@@ -397,38 +350,6 @@ mod tests {
     impl ReadSync for std::fs::File {
         fn read_to_end_sync(mut self, v: &mut Vec<u8>) {
             std::io::Read::read_to_end(&mut self, v).unwrap();
-        }
-    }
-
-    #[tokio::test]
-    async fn pty_gets_size_and_master_reads_slave_output() {
-        let req = pb::Stdio {
-            terminal: true,
-            rows: 30,
-            cols: 100,
-            ..Default::default()
-        };
-        let (plan, mut io) = ProcIo::create(&req).unwrap();
-        let mut ws: libc::winsize = unsafe_zeroed();
-        // SAFETY: plan.stdout is the pty slave; ws is a valid out pointer.
-        unsafe { libc::ioctl(plan.stdout.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-        assert_eq!((ws.ws_row, ws.ws_col), (30, 100));
-        let a = io.take(StreamKind::Stdout).unwrap();
-        std::io::Write::write_all(&mut std::fs::File::from(plan.stdout), b"x").unwrap();
-        drop(plan.stdin);
-        drop(plan.stderr);
-        let mut r = FdIo::new(a.output.unwrap()).unwrap();
-        let mut got = Vec::new();
-        r.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"x");
-    }
-
-    fn unsafe_zeroed() -> libc::winsize {
-        libc::winsize {
-            ws_row: 0,
-            ws_col: 0,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
         }
     }
 }

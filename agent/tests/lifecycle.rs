@@ -145,7 +145,8 @@ async fn tty_exec_gets_a_pty_and_resize() {
         cols: 80,
         ..Default::default()
     };
-    let script = "test -t 0 && test -t 1 && echo is-a-tty; stty size; read x; stty size; echo bye";
+    let script =
+        "test -t 0 && test -t 1 && echo is-a-tty; tty; stty size; read x; stty size; echo bye";
     exec(&mut c, "tty", "t1", &["sh", "-c", script], stdio).await;
     let mut tty = agent.open("tty", "t1", StreamKind::Tty).await;
     let mut seen = Vec::new();
@@ -177,6 +178,8 @@ async fn tty_exec_gets_a_pty_and_resize() {
     }
     let out = String::from_utf8_lossy(&seen);
     assert!(out.contains("is-a-tty"), "{out}");
+    // The pty comes from the container's own devpts instance.
+    assert!(out.contains("/dev/pts/0\r\n"), "tty name: {out}");
     assert!(out.contains("50 132"), "resize not seen: {out}");
     // A pty turns \n into \r\n: proof the output went through a terminal.
     assert!(out.contains("bye\r\n"), "{out}");
@@ -392,4 +395,38 @@ async fn remove_leaves_no_process_mount_or_cgroup() {
         exec_id: String::new(),
     });
     assert_eq!(gone.await.unwrap_err().code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn terminal_container_init_runs_on_its_own_pty() {
+    if !requirements_met() {
+        return;
+    }
+    let agent = Agent::start();
+    let mut c = agent.client().await;
+    let mut s = spec(&["sh", "-c", "tty; stty size; exit 4"]);
+    let mut p = s.process().clone().unwrap();
+    p.set_terminal(Some(true));
+    s.set_process(Some(p));
+    let rootfs = agent.rootfs("ttyc");
+    c.create_container(pb::CreateContainerRequest {
+        container_id: "ttyc".into(),
+        oci_spec_json: json(&s),
+        rootfs,
+        stdio: Some(pb::Stdio {
+            terminal: true,
+            stdout: true,
+            rows: 33,
+            cols: 99,
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    let out = agent.open("ttyc", "", StreamKind::Stdout).await;
+    start(&mut c, "ttyc").await;
+    let out = String::from_utf8(read_all(out).await).unwrap();
+    assert_eq!(out, "/dev/pts/0\r\n33 99\r\n");
+    assert_eq!(wait(&mut c, "ttyc", "").await.exit_code, 4);
+    remove(&mut c, "ttyc").await;
 }

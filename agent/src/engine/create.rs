@@ -117,6 +117,9 @@ impl Engine {
         let task = self.spawn_oom_watch(id, &cgroup);
         let mut t = self.tables();
         let c = t.container(id)?;
+        if let Some(m) = pending.pty_master.take() {
+            c.init.io.set_pty(m)?;
+        }
         c.pending = Some(pending);
         c.oom_task = task;
         if c.status == Status::Creating {
@@ -273,6 +276,9 @@ impl Engine {
                 c.execs.remove(eid);
             }
             return Err(e);
+        }
+        if let Some(m) = pending.pty_master.take() {
+            self.tables().proc(id, eid)?.io.set_pty(m)?;
         }
         Ok(pid as u32)
     }

@@ -10,7 +10,8 @@ use husk_agent_api::stdio::StreamHeader;
 
 use super::{Engine, EngineError, Exit, Status};
 use crate::cgroup::Resources;
-use crate::stdio::{resize, Attach};
+use crate::stdio::Attach;
+use crate::sys::pty::resize;
 
 /// How long Remove waits for killed processes to be reaped.
 const REMOVE_WAIT: Duration = Duration::from_secs(10);

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use caps::CapSet;
 
 use super::fs::{cstr, fd_path, mkdir_in_root, openat2};
-use super::plan::{ChildPlan, MountKind, ProcessPlan, RootfsPlan};
+use super::plan::{ChildPlan, MountKind, ProcessPlan, RootfsPlan, StdioPlan};
+use super::pty::{open_pty, resize, send_fd};
 use super::seccomp;
 
 /// Default device nodes bind-mounted from the agent's /dev.
@@ -71,7 +72,7 @@ fn setup(plan: ChildPlan, sync: &mut UnixStream) -> Result<std::convert::Infalli
     if let Some(root) = &plan.rootfs {
         setup_rootfs(root)?;
     }
-    setup_stdio(&plan)?;
+    setup_stdio(&plan, sync.as_raw_fd())?;
     let p = &plan.process;
     for (res, soft, hard) in &p.rlimits {
         let lim = libc::rlimit {
@@ -97,12 +98,15 @@ fn setup(plan: ChildPlan, sync: &mut UnixStream) -> Result<std::convert::Infalli
 /// Closes every fd the agent had open except the ones the plan needs, so a
 /// waiting container holds no other container's pipes or sockets.
 fn close_other_fds(plan: &ChildPlan, sync: RawFd) {
-    let mut keep: Vec<RawFd> = vec![
-        sync,
-        plan.stdio.stdin.as_raw_fd(),
-        plan.stdio.stdout.as_raw_fd(),
-        plan.stdio.stderr.as_raw_fd(),
-    ];
+    let mut keep: Vec<RawFd> = vec![sync];
+    if let StdioPlan::Fds {
+        stdin,
+        stdout,
+        stderr,
+    } = &plan.stdio
+    {
+        keep.extend([stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()]);
+    }
     keep.extend(plan.join_ns.iter().map(|(fd, _)| fd.as_raw_fd()));
     if let Some(r) = &plan.rootfs {
         for m in &r.mounts {
@@ -303,19 +307,39 @@ fn mask(p: &Path) -> Result<()> {
     }
 }
 
-fn setup_stdio(plan: &ChildPlan) -> Result<()> {
-    let s = &plan.stdio;
-    if s.tty {
-        // SAFETY: setsid has no arguments; the child is not a group leader.
-        check(unsafe { libc::setsid() }, "setsid")?;
-        // SAFETY: stdin is the pty slave; TIOCSCTTY takes an int argument.
-        let rc = unsafe { libc::ioctl(s.stdin.as_raw_fd(), libc::TIOCSCTTY, 0) };
-        check(rc, "TIOCSCTTY")?;
-    }
-    for (fd, to) in [(&s.stdin, 0), (&s.stdout, 1), (&s.stderr, 2)] {
+fn setup_stdio(plan: &ChildPlan, sync: RawFd) -> Result<()> {
+    // Keeps the pty slave open until it is dup'ed onto 0, 1, 2.
+    let mut slave_keep = None;
+    let (stdin, stdout, stderr) = match &plan.stdio {
+        StdioPlan::Fds {
+            stdin,
+            stdout,
+            stderr,
+        } => (stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()),
+        StdioPlan::Pty { rows, cols } => {
+            let (master, slave) = open_pty("/dev/ptmx").map_err(|e| {
+                format!("open /dev/ptmx in the container (is devpts mounted at /dev/pts?): {e}")
+            })?;
+            if *rows > 0 && *cols > 0 {
+                resize(&master, *rows, *cols).map_err(|e| format!("tty size: {e}"))?;
+            }
+            send_fd(sync, b'P', &master).map_err(|e| format!("send pty: {e}"))?;
+            drop(master);
+            // SAFETY: setsid has no arguments; the child is not a group leader.
+            check(unsafe { libc::setsid() }, "setsid")?;
+            // SAFETY: slave is a live pty fd; TIOCSCTTY takes an int argument.
+            let rc = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) };
+            check(rc, "TIOCSCTTY")?;
+            let fd = slave.as_raw_fd();
+            slave_keep = Some(slave);
+            (fd, fd, fd)
+        }
+    };
+    for (fd, to) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
         // SAFETY: fd is live; dup2 onto 0..2 clears close-on-exec there.
-        check(unsafe { libc::dup2(fd.as_raw_fd(), to) }, "dup2 stdio")?;
+        check(unsafe { libc::dup2(fd, to) }, "dup2 stdio")?;
     }
+    drop(slave_keep);
     Ok(())
 }
 

@@ -9,5 +9,6 @@
 pub mod child;
 pub mod fs;
 pub mod plan;
+pub mod pty;
 pub mod seccomp;
 pub mod spawn;

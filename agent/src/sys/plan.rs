@@ -88,13 +88,17 @@ pub struct ProcessPlan {
     pub oom_score_adj: Option<i32>,
 }
 
-/// fds that become 0, 1, 2 (pipes, /dev/null, or the pty slave thrice).
-pub struct StdioPlan {
-    pub stdin: OwnedFd,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-    /// Make fd 0 the controlling terminal (after setsid).
-    pub tty: bool,
+/// How the child's 0, 1, 2 are set up.
+pub enum StdioPlan {
+    /// Pipes or /dev/null, dup'ed onto 0, 1, 2.
+    Fds {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    /// A pty opened inside the container (its /dev/ptmx, i.e. its own
+    /// devpts), made the controlling terminal; the master goes to the agent.
+    Pty { rows: u32, cols: u32 },
 }
 
 /// Everything the child does between clone and execve.

@@ -4,11 +4,12 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
 use super::child;
 use super::plan::ChildPlan;
+use super::pty::recv_byte_fd;
 
 /// Errors of spawning and driving a child.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,8 @@ pub fn init() -> std::io::Result<()> {
 pub struct Pending {
     pub pid: i32,
     sync: UnixStream,
+    /// The pty master a terminal process sent (SCM_RIGHTS) during setup.
+    pub pty_master: Option<OwnedFd>,
 }
 
 fn setns(fd: &OwnedFd, nstype: libc::c_int) -> std::io::Result<()> {
@@ -104,6 +107,7 @@ pub fn spawn(
     Ok(Pending {
         pid: pid as i32,
         sync,
+        pty_master: None,
     })
 }
 
@@ -135,20 +139,30 @@ impl Pending {
         }
     }
 
-    /// `None` on EOF, `Some(byte)` for a status byte; `E` becomes an error.
+    /// `None` on EOF, `Some(byte)` for a status byte; `E` becomes an error,
+    /// `P` (with the pty master attached) is stored and skipped.
     async fn read_status(&mut self) -> Result<Option<u8>, SpawnError> {
-        let mut b = [0u8; 1];
-        let n = self.sync.read(&mut b).await.map_err(SpawnError::Sync)?;
-        if n == 0 {
-            return Ok(None);
+        loop {
+            let got = loop {
+                self.sync.readable().await.map_err(SpawnError::Sync)?;
+                let raw = self.sync.as_raw_fd();
+                match self.sync.try_io(Interest::READABLE, || recv_byte_fd(raw)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    r => break r.map_err(SpawnError::Sync)?,
+                }
+            };
+            match got {
+                None => return Ok(None),
+                Some((b'P', fd)) => self.pty_master = fd,
+                Some((b'E', _)) => {
+                    let mut msg = Vec::new();
+                    let _ = (&mut self.sync).take(4096).read_to_end(&mut msg).await;
+                    return Err(SpawnError::Child(
+                        String::from_utf8_lossy(&msg).into_owned(),
+                    ));
+                }
+                Some((b, _)) => return Ok(Some(b)),
+            }
         }
-        if b[0] == b'E' {
-            let mut msg = Vec::new();
-            let _ = (&mut self.sync).take(4096).read_to_end(&mut msg).await;
-            return Err(SpawnError::Child(
-                String::from_utf8_lossy(&msg).into_owned(),
-            ));
-        }
-        Ok(Some(b[0]))
     }
 }
