@@ -94,6 +94,12 @@ impl Agent for AgentService {
         Ok(Response::new(pb::ExecProcessResponse { pid }))
     }
 
+    async fn delete_process(&self, r: Request<pb::ProcessRequest>) -> R<pb::Empty> {
+        let r = r.into_inner();
+        self.engine.delete_exec(&r.container_id, &r.exec_id)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn signal_process(&self, r: Request<pb::SignalProcessRequest>) -> R<pb::Empty> {
         self.engine.signal(&r.into_inner())?;
         Ok(Response::new(pb::Empty {}))

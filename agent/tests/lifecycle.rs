@@ -81,6 +81,17 @@ async fn exec_sees_the_same_namespaces() {
     assert_eq!(lines[4], "husk-test");
     assert_eq!(lines[5], "sleep\u{0}1000\u{0}");
     assert_eq!(wait(&mut c, "ex", "e1").await.exit_code, 0);
+    // An exited exec is forgotten on request; its id can be used again.
+    let preq = || pb::ProcessRequest {
+        container_id: "ex".into(),
+        exec_id: "e1".into(),
+    };
+    c.delete_process(preq()).await.unwrap();
+    let gone = c.wait_process(preq()).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    exec(&mut c, "ex", "e1", &["sleep", "100"], pb::Stdio::default()).await;
+    let busy = c.delete_process(preq()).await.unwrap_err();
+    assert_eq!(busy.code(), tonic::Code::FailedPrecondition);
     remove(&mut c, "ex").await;
 }
 

@@ -108,3 +108,41 @@ async fn bad_requests_are_rejected_and_change_nothing() {
     assert_eq!(exit.exit_code, 0, "first container (pid {pid}) still works");
     remove(&mut c, "ok").await;
 }
+
+#[tokio::test]
+async fn concurrent_creates_of_one_id_give_exactly_one_container() {
+    if !requirements_met() {
+        return;
+    }
+    let agent = Agent::start();
+    let c = agent.client().await;
+    let rootfs = agent.rootfs("race");
+    let with_pids = |n: i64| {
+        let mut s = spec(&["true"]);
+        let res: oci_spec::runtime::LinuxResources =
+            serde_json::from_str(&format!(r#"{{"pids":{{"limit":{n}}}}}"#)).unwrap();
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_resources(Some(res));
+        s.set_linux(Some(linux));
+        json(&s)
+    };
+    let (mut a, mut b) = (c.clone(), c.clone());
+    let (ra, rb) = tokio::join!(
+        a.create_container(req("race", &rootfs, with_pids(11))),
+        b.create_container(req("race", &rootfs, with_pids(22)))
+    );
+    let (winner, loser) = match (ra, rb) {
+        (Ok(_), Err(e)) => (11, e),
+        (Err(e), Ok(_)) => (22, e),
+        other => panic!("exactly one create must win: {other:?}"),
+    };
+    assert_eq!(loser.code(), Code::AlreadyExists);
+    let max = std::fs::read_to_string(agent.cgroup_file("pids", "race", "pids.max")).unwrap();
+    assert_eq!(
+        max.trim(),
+        winner.to_string(),
+        "the loser changed the winner's cgroup"
+    );
+    let mut c = c;
+    remove(&mut c, "race").await;
+}

@@ -30,17 +30,7 @@ impl Engine {
         }
         let spec: Spec = serde_json::from_slice(&req.oci_spec_json)
             .map_err(|e| EngineError::Invalid(format!("oci spec is not valid json: {e}")))?;
-        {
-            let t = self.tables();
-            if t.containers.contains_key(id) {
-                return Err(EngineError::Exists(format!("container {id}")));
-            }
-            if t.containers.len() >= MAX_CONTAINERS {
-                return Err(EngineError::State(
-                    "too many containers; remove some first".into(),
-                ));
-            }
-        }
+        let _reservation = self.reserve(id)?;
         let rootfs = self.share.resolve(&req.rootfs, true)?;
         let cgroup2 = self.cgroups.version() == "v2";
         let plan = container_plan(&spec, rootfs.real, &self.share, cgroup2)?;
@@ -126,6 +116,25 @@ impl Engine {
             c.status = Status::Created;
         }
         Ok(pid as u32)
+    }
+
+    /// Claims `id` for one create at a time; released when the guard drops
+    /// (also when the request is cancelled midway).
+    fn reserve(self: &Arc<Self>, id: &str) -> Result<Reservation, EngineError> {
+        let mut t = self.tables();
+        if t.containers.contains_key(id) || t.reserved.contains(id) {
+            return Err(EngineError::Exists(format!("container {id}")));
+        }
+        if t.containers.len() + t.reserved.len() >= MAX_CONTAINERS {
+            return Err(EngineError::State(
+                "too many containers; remove some first".into(),
+            ));
+        }
+        t.reserved.insert(id.to_string());
+        Ok(Reservation {
+            engine: self.clone(),
+            id: id.to_string(),
+        })
     }
 
     /// Removes a container whose setup failed, once its init is reaped.
@@ -293,4 +302,16 @@ fn write_map(pid: i32, file: &str, map: &str) -> Result<(), EngineError> {
 fn kill_and_forget(pid: i32) {
     // SAFETY: kill with a pid we spawned and have not reaped yet.
     unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// An id being created; see [`Engine::reserve`].
+struct Reservation {
+    engine: Arc<Engine>,
+    id: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.engine.tables().reserved.remove(&self.id);
+    }
 }

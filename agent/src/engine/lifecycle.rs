@@ -63,6 +63,28 @@ impl Engine {
         kill(pid, r.signal as i32)
     }
 
+    pub fn delete_exec(&self, id: &str, exec: &str) -> Result<(), EngineError> {
+        self.ids(id, exec)?;
+        if exec.is_empty() {
+            return Err(EngineError::Invalid(
+                "exec id is empty; remove the container to delete its init".into(),
+            ));
+        }
+        let mut t = self.tables();
+        let c = t.container(id)?;
+        let p = c
+            .execs
+            .get(exec)
+            .ok_or_else(|| EngineError::NoProcess(id.into(), exec.into()))?;
+        if p.exit.borrow().is_none() {
+            return Err(EngineError::State(format!(
+                "exec {exec} is still running; signal it and wait first"
+            )));
+        }
+        c.execs.remove(exec);
+        Ok(())
+    }
+
     pub async fn wait(&self, id: &str, exec: &str) -> Result<Exit, EngineError> {
         self.ids(id, exec)?;
         let mut rx = self.tables().proc(id, exec)?.exit.subscribe();

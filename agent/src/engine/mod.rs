@@ -108,6 +108,8 @@ pub(crate) struct Tables {
     pub containers: HashMap<String, Container>,
     /// pid → (container id, exec id or "").
     pub by_pid: HashMap<i32, (String, String)>,
+    /// Ids with a CreateContainer in progress.
+    pub reserved: std::collections::HashSet<String>,
 }
 
 /// Settings fixed at startup.
