@@ -47,6 +47,16 @@ pub enum Conn {
     Vsock(tokio_vsock::VsockStream),
 }
 
+impl Conn {
+    /// The socket as a plain fd (deregistered from tokio), for splice.
+    fn into_fd(self) -> std::io::Result<std::os::fd::OwnedFd> {
+        match self {
+            Conn::Unix(s) => Ok(s.into_std()?.into()),
+            Conn::Vsock(s) => Ok(s.into()),
+        }
+    }
+}
+
 impl Connected for Conn {
     type ConnectInfo = ();
     fn connect_info(&self) {}
@@ -127,7 +137,9 @@ pub async fn serve_stdio(engine: Arc<Engine>, mut incoming: Incoming) {
             match engine.attach(&header) {
                 Ok(att) => {
                     if write_reply(&mut conn, Ok(())).await.is_ok() {
-                        att.run(conn).await;
+                        if let Ok(fd) = conn.into_fd() {
+                            att.run(fd).await;
+                        }
                     }
                 }
                 Err(e) => {

@@ -1,23 +1,21 @@
-//! Process stdio on the agent side: pipes or a pty per process, and the
-//! copy loops between them and the raw stdio connections.
+//! Process stdio on the agent side: pipes or a pty per process, handed to
+//! the raw stdio connections (copy loops in [`copy`]).
+
+mod copy;
+
+#[cfg(test)]
+use copy::FdIo;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use husk_agent_api::pb;
 use husk_agent_api::stdio::StreamKind;
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::sys::plan::StdioPlan;
 
-/// Copy buffer for output streams.
-const COPY_BUF: usize = 256 * 1024;
 /// Pipe capacity asked for on output pipes (the default max of
 /// /proc/sys/fs/pipe-max-size); fewer wakeups for bulk output.
 const PIPE_SIZE: libc::c_int = 1 << 20;
@@ -187,137 +185,6 @@ pub struct Attach {
     close: Arc<Notify>,
 }
 
-impl Attach {
-    /// Runs the copies until both directions are done.
-    pub async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(self, sock: S) {
-        let (mut rd, mut wr) = tokio::io::split(sock);
-        let close = self.close;
-        let input = async move {
-            let Some(fd) = self.input else { return };
-            let Ok(mut dst) = FdIo::new(fd) else { return };
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = tokio::select! {
-                    r = rd.read(&mut buf) => match r {
-                        Ok(n) if n > 0 => n,
-                        _ => break,
-                    },
-                    _ = close.notified() => {
-                        // CloseStdin: pass on what already arrived, then close.
-                        while let Ok(Ok(n)) = tokio::time::timeout(Duration::ZERO, rd.read(&mut buf)).await {
-                            if n == 0 || dst.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                        break;
-                    }
-                };
-                if dst.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-            // Dropping dst closes the process's stdin: it reads EOF.
-        };
-        let output = async move {
-            let Some(fd) = self.output else { return };
-            let Ok(mut src) = FdIo::new(fd) else { return };
-            let mut buf = vec![0u8; COPY_BUF];
-            loop {
-                match src.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if wr.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = wr.shutdown().await;
-        };
-        tokio::join!(input, output);
-    }
-}
-
-/// A non-blocking pipe or pty fd as AsyncRead/AsyncWrite. A pty master
-/// reports EIO once the last slave fd closes: that is EOF here.
-pub struct FdIo(AsyncFd<OwnedFd>);
-
-impl FdIo {
-    pub fn new(fd: OwnedFd) -> io::Result<Self> {
-        set_nonblocking(&fd)?;
-        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same
-        // descriptor until the AsyncFd drops.
-        let afd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
-        Ok(FdIo(afd))
-    }
-}
-
-impl AsyncRead for FdIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.0.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            let res = guard.try_io(|fd| {
-                // SAFETY: reads into the initialized, unfilled part of buf.
-                let n = unsafe {
-                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match res {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for FdIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.0.poll_write_ready(cx))?;
-            let res = guard.try_io(|fd| {
-                // SAFETY: writes from a live slice.
-                let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match res {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,7 +200,7 @@ mod tests {
         let a = io.take(StreamKind::Stdin).unwrap();
         assert!(io.take(StreamKind::Stdin).is_err(), "second attach refused");
         assert!(io.take(StreamKind::Tty).is_err());
-        let mut w = FdIo::new(a.input.unwrap()).unwrap();
+        let w = FdIo::new(a.input.unwrap()).unwrap();
         w.write_all(b"hi").await.unwrap();
         drop(w);
         let mut got = Vec::new();
