@@ -42,6 +42,52 @@ async fn count_bytes(mut s: tokio::net::UnixStream) -> u64 {
     }
 }
 
+/// The same spec and rootfs through `runc run` (a fork+exec of runc per
+/// container), RUNS times, for comparison; None without runc.
+fn runc_runs(agent: &Agent, s: &oci_spec::runtime::Spec) -> Option<Vec<Duration>> {
+    let runc = husk_testutil::find_on_path("runc")?;
+    let bundle = agent.dir.join("runc-bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let mut s = s.clone();
+    let mut root = s.root().clone().unwrap();
+    root.set_path(agent.rootfs_path("bench"));
+    s.set_root(Some(root));
+    let parent = format!("{}-runc", agent.cgroup_parent);
+    let mut times = Vec::with_capacity(RUNS);
+    for i in 0..RUNS {
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_cgroups_path(Some(format!("/{parent}/r{i}").into()));
+        s.set_linux(Some(linux));
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&s).unwrap()).unwrap();
+        let t0 = Instant::now();
+        let st = std::process::Command::new(&runc)
+            .args(["--root", agent.dir.join("runc-state").to_str().unwrap()])
+            .args([
+                "run",
+                "--bundle",
+                bundle.to_str().unwrap(),
+                &format!("husk-bench-{i}"),
+            ])
+            .stdin(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        times.push(t0.elapsed());
+        assert!(st.success());
+    }
+    for ctl in [
+        "memory", "pids", "cpu", "cpuacct", "freezer", "blkio", "devices", "cpuset", "systemd",
+        "unified", "",
+    ] {
+        let _ = std::fs::remove_dir(
+            std::path::Path::new("/sys/fs/cgroup")
+                .join(ctl)
+                .join(&parent),
+        );
+    }
+    times.sort();
+    Some(times)
+}
+
 #[tokio::test]
 #[ignore = "benchmark; run explicitly"]
 async fn bench_agent() {
@@ -69,6 +115,7 @@ async fn bench_agent() {
         remove_total += t1.elapsed();
     }
     times.sort();
+    let runc = runc_runs(&agent, &s);
     // busybox dd with big blocks: `head -c` copies byte-wise at ~150 MiB/s
     // and would measure busybox, not the agent.
     let count = (BULK_BYTES / BLOCK).to_string();
@@ -124,6 +171,13 @@ async fn bench_agent() {
         BULK_BYTES >> 20,
         (n as f64 / (1 << 20) as f64) / secs
     );
+    if let Some(r) = &runc {
+        println!(
+            "| `runc run` of `true` (create+start+wait+delete), p50 | {:.1} ms |",
+            pct(r, 0.5)
+        );
+        println!("| `runc run` of `true`, p95 | {:.1} ms |", pct(r, 0.95));
+    }
     println!(
         "| same writer into a host pipe (`dd | cat >/dev/null`), no agent | {:.0} MiB/s |",
         (BULK_BYTES as f64 / (1 << 20) as f64) / host_secs
