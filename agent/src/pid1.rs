@@ -77,6 +77,12 @@ pub fn init_mounts() {
             tracing::warn!(target, fstype, error = %e, "mount failed");
         }
     }
+    // Containers get their controllers from the root down (see cgroup::v2).
+    for c in ["+cpu", "+memory", "+pids", "+io"] {
+        if let Err(e) = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", c) {
+            tracing::warn!(controller = c, error = %e, "cannot enable cgroup controller");
+        }
+    }
 }
 
 fn set_clock(ns: u64) -> std::io::Result<()> {
