@@ -1,6 +1,6 @@
 //! The agent as PID 1: inside fresh pid, mount (private) and uts
-//! namespaces on the host, it mounts the base filesystems, applies the
-//! sandbox hostname, and Shutdown's reboot(RB_AUTOBOOT) ends the pid
+//! namespaces on the host, it mounts the base filesystems, reaps orphans,
+//! applies the sandbox hostname, and Shutdown's reboot(RB_AUTOBOOT) ends the pid
 //! namespace (the kernel kills a namespace init that calls reboot with
 //! SIGHUP), which is how the VM's i8042 reset looks from inside.
 
@@ -22,7 +22,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[tokio::test]
-async fn pid1_mounts_sets_hostname_and_shutdown_reboots() {
+async fn pid1_mounts_reaps_orphans_sets_hostname_and_shutdown_reboots() {
     if !requirements_met()
         || !husk_testutil::require(
             husk_testutil::find_on_path("unshare").is_some(),
@@ -35,6 +35,10 @@ async fn pid1_mounts_sets_hostname_and_shutdown_reboots() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("share")).unwrap();
     let sock = dir.join("agent.sock");
+    // The agent mounts cgroup2 in its namespace: on this v1 host that is the
+    // controller-less unified hierarchy, where it may only create dirs.
+    let cgroup_parent = format!("husk-test-pid1-{}", std::process::id());
+    make_busybox_rootfs(&dir.join("share/orph/rootfs"));
     let mut unshare = Command::new("unshare")
         .args([
             "--pid",
@@ -52,6 +56,8 @@ async fn pid1_mounts_sets_hostname_and_shutdown_reboots() {
         .arg(dir.join("share"))
         .arg("--state-dir")
         .arg(dir.join("state"))
+        .arg("--cgroup-parent")
+        .arg(&cgroup_parent)
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -103,6 +109,43 @@ async fn pid1_mounts_sets_hostname_and_shutdown_reboots() {
         std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
         host_name
     );
+    // Orphans re-parented to PID 1 are reaped: a container without its own
+    // pid namespace leaves a background child behind when its shell exits.
+    let mut spec = spec(&["sh", "-c", "sleep 0.3 & exit 0"]);
+    let mut linux = spec.linux().clone().unwrap();
+    let ns: Vec<_> = linux
+        .namespaces()
+        .clone()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Pid)
+        .collect();
+    linux.set_namespaces(Some(ns));
+    spec.set_linux(Some(linux));
+    c.create_container(pb::CreateContainerRequest {
+        container_id: "orph".into(),
+        oci_spec_json: json(&spec),
+        rootfs: "orph/rootfs".into(),
+        stdio: None,
+    })
+    .await
+    .unwrap();
+    start(&mut c, "orph").await;
+    assert_eq!(wait(&mut c, "orph", "").await.exit_code, 0);
+    let children = format!("/proc/{agent}/task/{agent}/children");
+    let orphan_seen = std::fs::read_to_string(&children).unwrap();
+    assert!(
+        !orphan_seen.trim().is_empty(),
+        "the sleep should be the agent's child now"
+    );
+    // A zombie stays in the children list until reaped.
+    wait_for("orphan reaped", || {
+        std::fs::read_to_string(&children)
+            .unwrap()
+            .trim()
+            .is_empty()
+    });
+    remove(&mut c, "orph").await;
     c.shutdown(pb::Empty {}).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let st = loop {
@@ -119,5 +162,7 @@ async fn pid1_mounts_sets_hostname_and_shutdown_reboots() {
         st.signal() == Some(libc::SIGHUP) || st.code() == Some(128 + libc::SIGHUP),
         "{st:?}"
     );
+    let _ =
+        std::fs::remove_dir(std::path::Path::new("/sys/fs/cgroup/unified").join(&cgroup_parent));
     let _ = std::fs::remove_dir_all(&dir);
 }
