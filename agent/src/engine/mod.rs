@@ -201,7 +201,7 @@ impl Tables {
     }
 }
 
-/// Keeps an fd alive only as long as needed (namespace fds of exec).
+/// Opens a namespace of a container process (for exec to join).
 pub(crate) fn open_ns(pid: i32, name: &str) -> Result<OwnedFd, EngineError> {
     let p = format!("/proc/{pid}/ns/{name}");
     std::fs::File::open(&p)
