@@ -112,6 +112,20 @@ fn main() {
     }
 }
 
+/// Opens /dev/null on any of fds 0..2 that is closed (an init started
+/// without /dev/console), so no socket or pipe of the agent lands there
+/// and is later clobbered by a child's dup2 onto 0..2.
+fn ensure_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the descriptor.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            // SAFETY: open returns the lowest free fd, which is `fd` here
+            // because the lower ones are open; it stays open for good.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
 fn run(pid1: bool) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -122,6 +136,7 @@ fn run(pid1: bool) -> anyhow::Result<()> {
     if args.init {
         pid1::init_mounts();
     }
+    ensure_std_fds();
     sys::spawn::init().context("open /proc/self/ns/pid; is /proc mounted?")?;
     // One thread: clone(2) of container processes relies on it (see sys).
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -108,3 +108,35 @@ async fn user_namespace_maps_ids() {
     );
     remove(&mut c, "userns").await;
 }
+
+#[tokio::test]
+async fn symlinks_in_the_image_cannot_reach_the_host() {
+    if !requirements_met() {
+        return;
+    }
+    let agent = Agent::start();
+    let mut c = agent.client().await;
+    // The image's /dev is an absolute symlink naming a host directory;
+    // mounts, device nodes and /dev links must land inside the rootfs.
+    let host_dir = agent.dir.join("host-side");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let rootfs = agent.rootfs("sym");
+    let root = agent.rootfs_path("sym");
+    std::fs::remove_dir(root.join("dev")).unwrap();
+    std::os::unix::fs::symlink(&host_dir, root.join("dev")).unwrap();
+    // The same absolute path exists inside the image, where it must resolve.
+    let inside = root.join(host_dir.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&inside).unwrap();
+    let mut s = spec(&["sh", "-c", "ls /dev/null /dev/ptmx >/dev/null && echo ok"]);
+    s.set_hostname(None);
+    create(&agent, &mut c, "sym", &s, &rootfs, false).await;
+    let out = agent
+        .open("sym", "", husk_agent_api::stdio::StreamKind::Stdout)
+        .await;
+    start(&mut c, "sym").await;
+    assert_eq!(read_all(out).await, b"ok\n");
+    assert_eq!(wait(&mut c, "sym", "").await.exit_code, 0);
+    remove(&mut c, "sym").await;
+    let left: Vec<_> = std::fs::read_dir(&host_dir).unwrap().collect();
+    assert!(left.is_empty(), "the container wrote to the host: {left:?}");
+}

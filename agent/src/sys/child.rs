@@ -179,21 +179,31 @@ fn setup_rootfs(r: &RootfsPlan) -> Result<()> {
         if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
             return Err(errno(format_args!("mknod {:?}", d.path)));
         }
-        // SAFETY: as above; fchownat with a name relative to fd.
-        unsafe { libc::fchownat(fd.as_raw_fd(), name.as_ptr(), d.uid, d.gid, 0) };
-    }
-    for (link, target) in [
-        ("dev/ptmx", "pts/ptmx"),
-        ("dev/fd", "/proc/self/fd"),
-        ("dev/stdin", "/proc/self/fd/0"),
-        ("dev/stdout", "/proc/self/fd/1"),
-        ("dev/stderr", "/proc/self/fd/2"),
-    ] {
-        // Only where /dev exists and the entry does not: a symlink (unlike a
-        // path walk) cannot be redirected by the rootfs.
-        let _ = std::os::unix::fs::symlink(target, r.path.join(link));
+        // SAFETY: as above. AT_SYMLINK_NOFOLLOW: a symlink the image put
+        // there must not redirect the chown.
+        unsafe {
+            libc::fchownat(
+                fd.as_raw_fd(),
+                name.as_ptr(),
+                d.uid,
+                d.gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
     }
     pivot(&r.path, &rootfs)?;
+    // After pivot_root: these paths resolve inside the container, so a
+    // symlinked /dev in the image cannot place links on the agent's side.
+    for (link, target) in [
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        // Kept when the image already has the entry.
+        let _ = std::os::unix::fs::symlink(target, link);
+    }
     for p in &r.masked {
         mask(p)?;
     }
