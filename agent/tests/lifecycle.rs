@@ -136,8 +136,35 @@ async fn signals_reach_the_process() {
         (exit.exit_code, exit.signal, exit.oom_killed),
         (137, 9, false)
     );
+    // `all` reaches every process of the container's cgroup.
+    let pid3 = running(
+        &agent,
+        &mut c,
+        "sig3",
+        &["sh", "-c", "sleep 1000 & sleep 1000"],
+    )
+    .await;
+    let mut all = sig(libc::SIGKILL as u32);
+    all.container_id = "sig3".into();
+    all.all = true;
+    c.signal_process(all).await.unwrap();
+    assert_eq!(wait(&mut c, "sig3", "").await.exit_code, 137);
+    // The background sleep died too: the cgroup empties.
+    let mut left = vec![pid3];
+    for _ in 0..100 {
+        let req = pb::ContainerRequest {
+            container_id: "sig3".into(),
+        };
+        left = c.list_processes(req).await.unwrap().into_inner().pids;
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(left.is_empty(), "still in the cgroup: {left:?}");
     remove(&mut c, "sig").await;
     remove(&mut c, "sig2").await;
+    remove(&mut c, "sig3").await;
 }
 
 #[tokio::test]
@@ -336,6 +363,7 @@ async fn stats_move_when_the_container_works() {
         container_id: "st".into(),
         resources: Some(pb::Resources {
             pids_limit: Some(9),
+            memory_limit: Some(200 << 20),
             ..Default::default()
         }),
     })
@@ -343,6 +371,7 @@ async fn stats_move_when_the_container_works() {
     .unwrap();
     let after = c.stats_container(req()).await.unwrap().into_inner();
     assert_eq!(after.pids_limit, 9);
+    assert_eq!(after.memory_limit, 200 << 20);
     remove(&mut c, "st").await;
 }
 
