@@ -312,7 +312,15 @@ async fn pause_freezes_and_resume_thaws() {
             })
             .unwrap_or(0)
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let it count a few times first, so a pause that stops nothing is seen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while read() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "counter never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let req = || pb::ContainerRequest {
         container_id: "frz".into(),
     };
@@ -326,8 +334,14 @@ async fn pause_freezes_and_resume_thaws() {
         assert_eq!(st.trim(), "FROZEN");
     }
     c.resume_container(req()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(read() > frozen_at, "counter did not move after resume");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while read() <= frozen_at {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "counter did not move after resume"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     remove(&mut c, "frz").await;
 }
 
@@ -349,8 +363,16 @@ async fn stats_move_when_the_container_works() {
         container_id: "st".into(),
     };
     let a = c.stats_container(req()).await.unwrap().into_inner();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let b = c.stats_container(req()).await.unwrap().into_inner();
+    // The busy loop burns CPU: usage grows by 100 ms of CPU time (polled,
+    // as a loaded host may give it only a share of a core).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let b = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let b = c.stats_container(req()).await.unwrap().into_inner();
+        if b.cpu_usage_ns > a.cpu_usage_ns + 100_000_000 || std::time::Instant::now() > deadline {
+            break b;
+        }
+    };
     assert!(
         b.cpu_usage_ns > a.cpu_usage_ns + 100_000_000,
         "{a:?} -> {b:?}"
