@@ -1,0 +1,162 @@
+//! Path resolution that cannot be tricked by symlinks: openat2(2) with
+//! RESOLVE_BENEATH (the share: escaping is an error) or RESOLVE_IN_ROOT
+//! (a container rootfs: absolute symlinks resolve inside it), and creation
+//! of mount targets inside a rootfs one component at a time.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// openat2(2) with the given open flags and RESOLVE_* flags.
+pub fn openat2(dir: BorrowedFd<'_>, path: &Path, flags: i32, resolve: u64) -> io::Result<OwnedFd> {
+    let c = cstr(path)?;
+    // SAFETY: open_how is plain old data; all-zero is valid.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
+    // SAFETY: dir is a live fd, c a NUL-terminated string and how a valid
+    // open_how whose size we pass; the kernel returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor returned by openat2 and owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `/proc/self/fd/N`: the path form of an fd, usable as a mount source or
+/// target (the kernel follows the magic link to the exact object).
+pub fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+pub fn cstr(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput.into())
+}
+
+/// Normal relative components of `path` (leading `/` and `.` dropped);
+/// `None` if it has a `..`.
+pub fn clean_components(path: &Path) -> Option<Vec<&std::ffi::OsStr>> {
+    let mut out = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Opens `dest` (relative to the rootfs `root`, symlinks resolved inside
+/// it) as an O_PATH fd, creating missing directories, and the last
+/// component as an empty file when `file` is set.
+pub fn mkdir_in_root(root: BorrowedFd<'_>, dest: &Path, file: bool) -> io::Result<OwnedFd> {
+    let resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    let comps = clean_components(dest).ok_or(io::ErrorKind::InvalidInput)?;
+    let mut prefix = PathBuf::from(".");
+    for (i, comp) in comps.iter().enumerate() {
+        let parent = openat2(root, &prefix, libc::O_PATH | libc::O_DIRECTORY, resolve)?;
+        prefix.push(comp);
+        match openat2(root, &prefix, libc::O_PATH, resolve) {
+            Ok(fd) if i + 1 == comps.len() => return Ok(fd),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let name = CString::new(comp.as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let last = i + 1 == comps.len();
+        // SAFETY: parent is a live directory fd, name NUL-terminated; each
+        // call returns 0/-1 (or a new fd we close at once).
+        let rc = unsafe {
+            if last && file {
+                let fd = libc::openat(
+                    parent.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                fd.min(0)
+            } else {
+                libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755)
+            }
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+        }
+    }
+    openat2(root, &prefix, libc::O_PATH, resolve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("husk-fs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn beneath_refuses_escaping_symlink() {
+        let d = tmp("beneath");
+        std::os::unix::fs::symlink("/etc", d.join("out")).unwrap();
+        std::fs::create_dir(d.join("in")).unwrap();
+        std::os::unix::fs::symlink("in", d.join("ok")).unwrap();
+        let root = std::fs::File::open(&d).unwrap();
+        let r = openat2(
+            root.as_fd(),
+            Path::new("out"),
+            libc::O_PATH,
+            libc::RESOLVE_BENEATH,
+        );
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EXDEV));
+        assert!(openat2(
+            root.as_fd(),
+            Path::new("ok"),
+            libc::O_PATH,
+            libc::RESOLVE_BENEATH
+        )
+        .is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn mkdir_in_root_stays_inside() {
+        let d = tmp("inroot");
+        // An absolute symlink inside the "rootfs" must resolve inside it.
+        std::os::unix::fs::symlink("/", d.join("evil")).unwrap();
+        let root = std::fs::File::open(&d).unwrap();
+        mkdir_in_root(root.as_fd(), Path::new("/evil/a/b"), false).unwrap();
+        assert!(d.join("a/b").is_dir());
+        mkdir_in_root(root.as_fd(), Path::new("/c/f"), true).unwrap();
+        assert!(d.join("c/f").is_file());
+        assert!(mkdir_in_root(root.as_fd(), Path::new("../x"), false).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn cleans_components() {
+        assert_eq!(clean_components(Path::new("/a/./b")).unwrap().len(), 2);
+        assert!(clean_components(Path::new("a/../b")).is_none());
+    }
+}
