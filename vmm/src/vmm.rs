@@ -1,0 +1,136 @@
+//! The VMM's main loop: build the machine, start the vCPUs, serve events
+//! until the guest leaves, and say how it left.
+
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::{ConfigError, VmConfig};
+use crate::runner::Vcpus;
+use crate::vcpu::VcpuStop;
+use crate::vm::{Machine, VmError};
+
+/// How the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest reset through the i8042 (its way to power off): success.
+    Reset,
+    /// The guest kernel panicked (seen on the console).
+    Panic,
+    /// The guest triple-faulted or KVM reported a shutdown event.
+    Shutdown,
+    /// Asked to stop over the control socket.
+    Stopped,
+    /// KVM could not run the guest, or a device backend failed.
+    Failed(String),
+}
+
+impl VmExit {
+    /// Process exit code: 0 for a clean reset or a requested stop.
+    pub fn code(&self) -> u8 {
+        match self {
+            VmExit::Reset | VmExit::Stopped => 0,
+            VmExit::Failed(_) => 1,
+            VmExit::Panic => 2,
+            VmExit::Shutdown => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::Reset => write!(f, "guest reset (powered off); exiting 0"),
+            VmExit::Panic => write!(f, "guest kernel panicked; see the console log"),
+            VmExit::Shutdown => write!(f, "guest triple-faulted or shut down unexpectedly"),
+            VmExit::Stopped => write!(f, "stopped on request"),
+            VmExit::Failed(why) => write!(f, "vm failed: {why}"),
+        }
+    }
+}
+
+/// Errors before the guest runs.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("cannot start the event loop: {0}")]
+    EventLoop(String),
+    #[error("cannot start vcpu threads: {0}")]
+    Threads(#[source] std::io::Error),
+}
+
+/// Shared exit slot that event handlers fill.
+pub type ExitSlot = Arc<Mutex<Option<VmExit>>>;
+
+/// Watches the reset eventfd and the vCPU stop eventfd.
+struct ExitWatcher {
+    reset: EventFd,
+    vcpus: Arc<crate::runner::VcpuControl>,
+    panicked: Arc<std::sync::atomic::AtomicBool>,
+    exit: ExitSlot,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.reset, EventSet::IN));
+        let _ = ops.add(Events::new(&self.vcpus.stop_evt, EventSet::IN));
+    }
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let panicked = self.panicked.load(std::sync::atomic::Ordering::SeqCst);
+        let exit = if events.fd() == self.reset.as_raw_fd() {
+            let _ = self.reset.read();
+            if panicked {
+                VmExit::Panic
+            } else {
+                VmExit::Reset
+            }
+        } else {
+            let _ = self.vcpus.stop_evt.read();
+            match self.vcpus.stop.lock().unwrap().clone() {
+                Some(VcpuStop::Failed(why)) => VmExit::Failed(why),
+                _ if panicked => VmExit::Panic,
+                _ => VmExit::Shutdown,
+            }
+        };
+        self.exit.lock().unwrap().get_or_insert(exit);
+    }
+}
+
+/// The event manager type every subscriber is added to.
+pub type Events_ = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+/// Validates `cfg`, builds and runs the VM until it ends.
+pub fn run(cfg: &VmConfig) -> Result<VmExit, VmmError> {
+    cfg.validate()?;
+    let mut machine = Machine::new(cfg)?;
+    let mut events: Events_ =
+        EventManager::new().map_err(|e| VmmError::EventLoop(e.to_string()))?;
+    let exit: ExitSlot = Arc::new(Mutex::new(None));
+    machine.load(cfg)?;
+    let vcpus = machine.create_vcpus()?;
+    let vcpus = Vcpus::start(vcpus, Arc::new(|| {})).map_err(VmmError::Threads)?;
+    let watcher = ExitWatcher {
+        reset: machine
+            .reset_evt
+            .try_clone()
+            .map_err(|e| VmmError::EventLoop(e.to_string()))?,
+        vcpus: vcpus.control.clone(),
+        panicked: machine.panicked.clone(),
+        exit: exit.clone(),
+    };
+    events.add_subscriber(Arc::new(Mutex::new(watcher)));
+    loop {
+        if let Some(e) = exit.lock().unwrap().clone() {
+            return Ok(e);
+        }
+        events
+            .run()
+            .map_err(|e| VmmError::EventLoop(e.to_string()))?;
+    }
+}
