@@ -7,6 +7,7 @@
 pub mod args;
 pub mod boot;
 pub mod config;
+pub mod control;
 pub mod cpu;
 pub mod devices;
 pub mod kvm;

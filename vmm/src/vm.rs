@@ -4,16 +4,20 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::{Kvm, VmFd};
+use event_manager::{MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::boot::layout::{IRQ_BASE, IRQ_MAX, MMIO_SIZE, MMIO_START};
 use crate::boot::{self, BootError};
 use crate::config::{ConsoleOutput, VmConfig};
 use crate::cpu::Profile;
 use crate::devices::bus::Bus;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleSink, IrqTrigger, SerialDevice};
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMem, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError};
@@ -23,6 +27,9 @@ pub const SERIAL_PORT: u64 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;
 /// i8042 data (0x60) through command/status (0x64).
 pub const I8042_PORT: u64 = 0x60;
+
+/// virtio-mmio QueueNotify register offset.
+const NOTIFY_REG: u64 = 0x50;
 
 /// Base command line; profile words, virtio devices and user words follow.
 pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off \
@@ -45,6 +52,8 @@ pub enum VmError {
     EventFd(#[source] std::io::Error),
     #[error("cannot place device: {0}")]
     Bus(#[from] crate::devices::bus::BusError),
+    #[error("too many virtio devices: no IRQ left")]
+    NoIrq,
 }
 
 /// A built VM, ready to run.
@@ -150,6 +159,49 @@ impl Machine {
             out.push(v);
         }
         Ok(out)
+    }
+
+    /// Puts a virtio device on the next MMIO window with its own IRQ, wires
+    /// its queue notifications as KVM ioeventfds, and subscribes it to `events`.
+    pub fn add_virtio<D>(
+        &mut self,
+        dev: Arc<Mutex<D>>,
+        events: &mut crate::vmm::EventLoop,
+    ) -> Result<(), VmError>
+    where
+        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+    {
+        let idx = self.mmio_cmdline.len() as u64;
+        let base = MMIO_START + idx * MMIO_SIZE;
+        let irq = IRQ_BASE + idx as u32;
+        if irq > IRQ_MAX {
+            return Err(VmError::NoIrq);
+        }
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        self.vm
+            .register_irqfd(&irqfd, irq)
+            .map_err(|e| VmError::EventFd(e.into()))?;
+        let nqueues = dev.lock().unwrap().queue_max_sizes().len();
+        let mut evts = Vec::with_capacity(nqueues);
+        for q in 0..nqueues {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+            self.vm
+                .register_ioevent(&evt, &IoEventAddress::Mmio(base + NOTIFY_REG), q as u32)
+                .map_err(|e| VmError::EventFd(e.into()))?;
+            evts.push(evt);
+        }
+        let transport = MmioTransport::new(
+            dev.clone(),
+            self.mem.clone(),
+            Arc::new(Interrupt::new(irqfd)),
+            evts,
+        );
+        self.mmio
+            .insert(base, MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        self.mmio_cmdline
+            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        events.add_subscriber(dev);
+        Ok(())
     }
 
     pub fn guest_panicked(&self) -> bool {

@@ -2,13 +2,19 @@
 //! until the guest leaves, and say how it left.
 
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConfigError, VmConfig};
+use crate::control::{ControlServer, Metrics};
+use crate::devices::virtio::fs::{Fs, VhostUserFs};
+use crate::devices::virtio::rng::{OsEntropy, Rng};
+use crate::devices::virtio::vsock::{HybridMuxer, Vsock};
 use crate::runner::Vcpus;
 use crate::vcpu::VcpuStop;
 use crate::vm::{Machine, VmError};
@@ -63,6 +69,8 @@ pub enum VmmError {
     EventLoop(String),
     #[error("cannot start vcpu threads: {0}")]
     Threads(#[source] std::io::Error),
+    #[error("cannot set up {0}: {1}")]
+    Device(&'static str, String),
 }
 
 /// Shared exit slot that event handlers fill.
@@ -102,19 +110,69 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
-/// The event manager type every subscriber is added to.
-pub type Events_ = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+/// The event manager every subscriber is added to.
+pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+/// Removes the sockets husk-vmm created, whichever way `run` returns.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn add_devices(
+    cfg: &VmConfig,
+    m: &mut Machine,
+    events: &mut EventLoop,
+    exit: &ExitSlot,
+) -> Result<(), VmmError> {
+    let rng = Rng::new(OsEntropy).map_err(|e| VmmError::Device("rng", e.to_string()))?;
+    m.add_virtio(Arc::new(Mutex::new(rng)), events)?;
+    if let Some(v) = &cfg.vsock {
+        let muxer = HybridMuxer::new(&v.uds, u64::from(v.cid))
+            .map_err(|e| VmmError::Device("vsock", e.to_string()))?;
+        let dev = Vsock::new(muxer, u64::from(v.cid))
+            .map_err(|e| VmmError::Device("vsock", e.to_string()))?;
+        m.add_virtio(Arc::new(Mutex::new(dev)), events)?;
+    }
+    if let Some(f) = &cfg.fs {
+        let backend = VhostUserFs::connect(&f.socket, 2)
+            .map_err(|e| VmmError::Device("virtio-fs", e.to_string()))?;
+        let exit = exit.clone();
+        let on_fatal = Box::new(move |why: String| {
+            tracing::error!("{why}");
+            exit.lock().unwrap().get_or_insert(VmExit::Failed(why));
+        });
+        let dev = Fs::new(backend, &f.tag, on_fatal)
+            .map_err(|e| VmmError::Device("virtio-fs", e.to_string()))?;
+        m.add_virtio(Arc::new(Mutex::new(dev)), events)?;
+    }
+    Ok(())
+}
 
 /// Validates `cfg`, builds and runs the VM until it ends.
 pub fn run(cfg: &VmConfig) -> Result<VmExit, VmmError> {
+    let started = Instant::now();
     cfg.validate()?;
+    let mut cleanup = Cleanup(Vec::new());
     let mut machine = Machine::new(cfg)?;
-    let mut events: Events_ =
-        EventManager::new().map_err(|e| VmmError::EventLoop(e.to_string()))?;
+    let mut events = EventLoop::new().map_err(|e| VmmError::EventLoop(e.to_string()))?;
+    if let Some(v) = &cfg.vsock {
+        cleanup.0.push(v.uds.clone());
+    }
     let exit: ExitSlot = Arc::new(Mutex::new(None));
+    add_devices(cfg, &mut machine, &mut events, &exit)?;
     machine.load(cfg)?;
     let vcpus = machine.create_vcpus()?;
-    let vcpus = Vcpus::start(vcpus, Arc::new(|| {})).map_err(VmmError::Threads)?;
+    let vcpus = Arc::new(Vcpus::start(vcpus, Arc::new(|| {})).map_err(VmmError::Threads)?);
+    tracing::info!(
+        "first vcpu started {} us after exec of run()",
+        started.elapsed().as_micros()
+    );
     let watcher = ExitWatcher {
         reset: machine
             .reset_evt
@@ -125,6 +183,17 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, VmmError> {
         exit: exit.clone(),
     };
     events.add_subscriber(Arc::new(Mutex::new(watcher)));
+    if let Some(path) = &cfg.control_socket {
+        let metrics = Metrics {
+            started,
+            vcpus: cfg.vcpus,
+            mem_mib: cfg.mem_mib,
+        };
+        let server = ControlServer::new(path, vcpus.clone(), exit.clone(), metrics)
+            .map_err(|e| VmmError::Device("control socket", e.to_string()))?;
+        cleanup.0.push(path.clone());
+        events.add_subscriber(Arc::new(Mutex::new(server)));
+    }
     loop {
         if let Some(e) = exit.lock().unwrap().clone() {
             return Ok(e);

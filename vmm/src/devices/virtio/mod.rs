@@ -1,5 +1,6 @@
 //! virtio devices over the virtio-mmio transport.
 
+pub mod fs;
 pub mod mmio;
 pub mod rng;
 #[cfg(test)]
