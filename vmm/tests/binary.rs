@@ -1,0 +1,122 @@
+//! The husk-vmm binary end to end with tiny PVH kernels: boot through the
+//! PVH entry, console output, i8042 reset => exit 0, the control socket,
+//! and cleanup of its sockets.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+
+use common::*;
+
+#[test]
+fn tiny_kernel_prints_and_resets_with_exit_0() {
+    if !kvm() {
+        return;
+    }
+    let d = TempDir::new("hello");
+    let k = tiny_kernel(&d, HELLO_AND_RESET);
+    let console = d.path("console.log");
+    let vsock = d.path("vsock.sock");
+    let mut c = spawn_vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--console",
+        console.to_str().unwrap(),
+        "--vsock-uds",
+        vsock.to_str().unwrap(),
+        "--mem-mib",
+        "64",
+    ]);
+    let (code, err) = wait_exit(&mut c, 30);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(err.contains("guest reset"), "{err}");
+    assert_eq!(std::fs::read(&console).unwrap(), b"PHi\n");
+    assert!(!vsock.exists(), "vsock socket removed on exit");
+}
+
+#[test]
+fn two_vcpus_boot_too() {
+    if !kvm() {
+        return;
+    }
+    let d = TempDir::new("smp");
+    let k = tiny_kernel(&d, HELLO_AND_RESET);
+    let console = d.path("console.log");
+    let mut c = spawn_vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--console",
+        console.to_str().unwrap(),
+        "--vcpus",
+        "2",
+    ]);
+    let (code, err) = wait_exit(&mut c, 30);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(std::fs::read(&console).unwrap(), b"PHi\n");
+}
+
+fn request(path: &std::path::Path, req: &str) -> serde_json::Value {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
+}
+
+#[test]
+fn control_socket_ping_metrics_pause_resume_shutdown() {
+    if !kvm() {
+        return;
+    }
+    let d = TempDir::new("ctl");
+    let k = tiny_kernel(&d, SPIN);
+    let ctl = d.path("ctl.sock");
+    let mut c = spawn_vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--console",
+        "off",
+        "--control-socket",
+        ctl.to_str().unwrap(),
+    ]);
+    assert!(wait_for_path(&ctl, 20), "control socket appears");
+    assert_eq!(request(&ctl, "ping")["ok"], true);
+    let m = request(&ctl, "metrics");
+    assert_eq!(m["ok"], true);
+    assert_eq!(m["metrics"]["vcpus"], 1);
+    assert_eq!(m["metrics"]["mem_mib"], 128);
+    assert!(m["metrics"]["vmm_rss_kib"].as_u64().unwrap() > 0);
+    assert_eq!(request(&ctl, "pause")["ok"], true);
+    assert_eq!(request(&ctl, "metrics")["metrics"]["paused"], true);
+    assert_eq!(request(&ctl, "resume")["ok"], true);
+    assert_eq!(request(&ctl, "metrics")["metrics"]["paused"], false);
+    let bad = request(&ctl, "reboot-please");
+    assert_eq!(bad["ok"], false);
+    assert!(bad["error"].as_str().unwrap().contains("unknown request"));
+    assert_eq!(request(&ctl, "shutdown")["ok"], true);
+    let (code, err) = wait_exit(&mut c, 20);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("stopped on request"), "{err}");
+    assert!(!ctl.exists(), "control socket removed");
+}
+
+#[test]
+fn existing_control_socket_is_refused() {
+    let d = TempDir::new("ctl-exists");
+    let k = tiny_kernel(&d, SPIN);
+    let ctl = d.path("ctl.sock");
+    std::fs::write(&ctl, b"").unwrap();
+    let mut c = spawn_vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--control-socket",
+        ctl.to_str().unwrap(),
+    ]);
+    let (code, err) = wait_exit(&mut c, 20);
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"), "{err}");
+    assert!(ctl.exists());
+}
