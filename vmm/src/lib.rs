@@ -13,6 +13,7 @@ pub mod devices;
 pub mod kvm;
 pub mod memory;
 pub mod runner;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 pub mod vmm;

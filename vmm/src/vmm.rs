@@ -16,6 +16,7 @@ use crate::devices::virtio::fs::{Fs, VhostUserFs};
 use crate::devices::virtio::rng::{OsEntropy, Rng};
 use crate::devices::virtio::vsock::{HybridMuxer, Vsock};
 use crate::runner::Vcpus;
+use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::VcpuStop;
 use crate::vm::{Machine, VmError};
 
@@ -69,6 +70,8 @@ pub enum VmmError {
     EventLoop(String),
     #[error("cannot start vcpu threads: {0}")]
     Threads(#[source] std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     #[error("cannot set up {0}: {1}")]
     Device(&'static str, String),
 }
@@ -168,7 +171,18 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, VmmError> {
     add_devices(cfg, &mut machine, &mut events, &exit)?;
     machine.load(cfg)?;
     let vcpus = machine.create_vcpus()?;
-    let vcpus = Arc::new(Vcpus::start(vcpus, Arc::new(|| {})).map_err(VmmError::Threads)?);
+    let on_vcpu_start: Arc<dyn Fn() + Send + Sync> = if cfg.no_seccomp {
+        Arc::new(|| {})
+    } else {
+        seccomp::install_sigsys_handler()?;
+        Arc::new(|| {
+            if let Err(e) = seccomp::apply(ThreadKind::Vcpu) {
+                eprintln!("husk-vmm: {e}");
+                std::process::exit(1);
+            }
+        })
+    };
+    let vcpus = Arc::new(Vcpus::start(vcpus, on_vcpu_start).map_err(VmmError::Threads)?);
     tracing::info!(
         "first vcpu started {} us after exec of run()",
         started.elapsed().as_micros()
@@ -193,6 +207,15 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, VmmError> {
             .map_err(|e| VmmError::Device("control socket", e.to_string()))?;
         cleanup.0.push(path.clone());
         events.add_subscriber(Arc::new(Mutex::new(server)));
+    }
+    if cfg.no_seccomp {
+        tracing::warn!("seccomp filters DISABLED (--no-seccomp)");
+        eprintln!(
+            "husk-vmm: WARNING: seccomp filters are DISABLED (--no-seccomp); \
+             for debugging only, never in production"
+        );
+    } else {
+        seccomp::apply(ThreadKind::Vmm)?;
     }
     loop {
         if let Some(e) = exit.lock().unwrap().clone() {
