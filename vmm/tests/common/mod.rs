@@ -144,3 +144,92 @@ pub fn wait_for_path(path: &Path, secs: u64) -> bool {
 pub fn kvm() -> bool {
     husk_testutil::require(husk_testutil::kvm_available(), "/dev/kvm")
 }
+
+/// One entry of a newc cpio archive.
+pub enum CpioEntry<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a [u8], u32),
+    CharDev(&'a str, u32, u32),
+}
+
+/// Writes an uncompressed newc cpio archive.
+pub fn cpio(entries: &[CpioEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut ino = 1;
+    let mut push = |name: &str, mode: u32, data: &[u8], rdev: (u32, u32)| {
+        let hdr =
+            format!(
+            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            ino, mode, 0, 0, 1, 0, data.len(), 0, 0, rdev.0, rdev.1, name.len() + 1, 0
+        );
+        ino += 1;
+        out.extend_from_slice(hdr.as_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    };
+    for e in entries {
+        match e {
+            CpioEntry::Dir(n) => push(n, 0o040755, &[], (0, 0)),
+            CpioEntry::File(n, d, perm) => push(n, 0o100000 | perm, d, (0, 0)),
+            CpioEntry::CharDev(n, ma, mi) => push(n, 0o020600, &[], (*ma, *mi)),
+        }
+    }
+    push("TRAILER!!!", 0, &[], (0, 0));
+    out
+}
+
+/// The workspace root (…/husk).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The guest kernel: `HUSK_GUEST_KERNEL`, else `<repo>/target/guest/vmlinux`.
+pub fn guest_kernel() -> Option<PathBuf> {
+    let p = std::env::var_os("HUSK_GUEST_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/guest/vmlinux"));
+    p.is_file().then_some(p)
+}
+
+/// virtiofsd from PATH or ~/.cargo/bin.
+pub fn virtiofsd() -> Option<PathBuf> {
+    husk_testutil::find_on_path("virtiofsd").or_else(|| {
+        let p = PathBuf::from(std::env::var_os("HOME")?).join(".cargo/bin/virtiofsd");
+        p.is_file().then_some(p)
+    })
+}
+
+/// Starts virtiofsd sharing `shared` on `socket`; waits for the socket.
+pub fn start_virtiofsd(bin: &Path, socket: &Path, shared: &Path) -> Child {
+    let child = Command::new(bin)
+        .arg(format!("--socket-path={}", socket.display()))
+        .arg(format!("--shared-dir={}", shared.display()))
+        .arg("--cache=never")
+        .arg("--sandbox=none")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_path(socket, 20), "virtiofsd socket appears");
+    child
+}
+
+/// Kills and reaps a child if it is still running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
