@@ -1,5 +1,6 @@
 //! husk-vmm entry point: parse, validate, build, run, exit with the guest's status.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use husk_vmm::args::{self, Command};
@@ -7,6 +8,7 @@ use husk_vmm::args::{self, Command};
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUSK_VMM_LOG")
                 .unwrap_or_else(|_| "husk_vmm=warn".into()),

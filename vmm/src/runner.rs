@@ -54,6 +54,9 @@ impl Vcpus {
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.id))
                 .spawn(move || {
+                    if vcpu.id == 0 {
+                        log_first_run();
+                    }
                     hook();
                     vcpu_loop(&mut vcpu, &ctl)
                 })?;
@@ -92,6 +95,27 @@ impl Vcpus {
     pub fn is_paused(&self) -> bool {
         *self.control.paused.lock().unwrap()
     }
+}
+
+/// Logs when vCPU 0 is about to enter KVM_RUN for the first time: wall
+/// clock (to compare with the exec time a benchmark recorded) and the
+/// process's CPU time so far.
+fn log_first_run() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut ru: libc::rusage = unsafe_zeroed_rusage();
+    // SAFETY: getrusage writes into the valid rusage struct we pass.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let cpu_us = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1_000_000
+        + ru.ru_utime.tv_usec
+        + ru.ru_stime.tv_usec;
+    tracing::info!(unix_ns = now.as_nanos() as u64, cpu_us, "first KVM_RUN");
+}
+
+fn unsafe_zeroed_rusage() -> libc::rusage {
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
 }
 
 fn vcpu_loop(vcpu: &mut Vcpu, ctl: &VcpuControl) {

@@ -153,8 +153,15 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         }
         // KVM_RUN is the only ioctl a running vCPU makes.
         ThreadKind::Vcpu => {
-            // F_GETFD: std's fd-validity check when a descriptor is closed.
-            rules.insert(libc::SYS_fcntl, vec![arg_rule(1, libc::F_GETFD as u64)?]);
+            // F_GETFD: std's fd-validity check when a descriptor is closed;
+            // F_DUPFD_CLOEXEC: queue eventfds cloned for a device at DRIVER_OK.
+            rules.insert(
+                libc::SYS_fcntl,
+                vec![
+                    arg_rule(1, libc::F_GETFD as u64)?,
+                    arg_rule(1, libc::F_DUPFD_CLOEXEC as u64)?,
+                ],
+            );
             vec![arg_rule(1, KVM_RUN)?]
         }
     };
