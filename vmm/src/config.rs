@@ -56,6 +56,10 @@ pub enum ConfigError {
     FsSocketMissing(PathBuf),
     #[error("virtio-fs tag {0:?} must be 1 to {MAX_FS_TAG_LEN} bytes")]
     BadFsTag(String),
+    #[error("tap name {0:?} must be 1 to 15 bytes")]
+    BadTapName(String),
+    #[error("network namespace {0} does not exist; create it first (ip netns add)")]
+    NetnsMissing(PathBuf),
     #[error("vsock guest cid {0} is reserved; use 3 or higher")]
     BadCid(u32),
 }
@@ -191,6 +195,16 @@ impl VmConfig {
         }
         if let Some(c) = &self.control_socket {
             check_free("control", c)?;
+        }
+        if let Some(n) = &self.net {
+            if n.tap.is_empty() || n.tap.len() > 15 || n.tap.contains(['/', '\0', ' ']) {
+                return Err(ConfigError::BadTapName(n.tap.clone()));
+            }
+            if let Some(ns) = &n.netns {
+                if !ns.exists() {
+                    return Err(ConfigError::NetnsMissing(ns.clone()));
+                }
+            }
         }
         if let Some(fs) = &self.fs {
             if fs.tag.is_empty() || fs.tag.len() > MAX_FS_TAG_LEN {
@@ -328,6 +342,17 @@ mod tests {
             tag: "husk".into(),
         });
         assert!(matches!(c.validate(), Err(ConfigError::FsSocketMissing(_))));
+        c.fs = None;
+        c.net = Some(NetConfig {
+            tap: "much-too-long-tap-name".into(),
+            netns: None,
+        });
+        assert!(matches!(c.validate(), Err(ConfigError::BadTapName(_))));
+        c.net = Some(NetConfig {
+            tap: "tap0".into(),
+            netns: Some(d.join("no-such-netns")),
+        });
+        assert!(matches!(c.validate(), Err(ConfigError::NetnsMissing(_))));
         std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -13,7 +13,8 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::{ConfigError, VmConfig};
 use crate::control::{ControlServer, Metrics};
 use crate::devices::virtio::fs::{Fs, VhostUserFs};
-use crate::devices::virtio::rng::{OsEntropy, Rng};
+use crate::devices::virtio::net::{Net, Tap};
+use crate::devices::virtio::rng::{EntropySource, OsEntropy, Rng};
 use crate::devices::virtio::vsock::{HybridMuxer, Vsock};
 use crate::runner::Vcpus;
 use crate::seccomp::{self, ThreadKind};
@@ -142,6 +143,13 @@ fn add_devices(
             .map_err(|e| VmmError::Device("vsock", e.to_string()))?;
         m.add_virtio(Arc::new(Mutex::new(dev)), events)?;
     }
+    if let Some(n) = &cfg.net {
+        let tap = Tap::open(&n.tap, n.netns.as_deref())
+            .map_err(|e| VmmError::Device("virtio-net", e.to_string()))?;
+        let dev = Net::new(tap, random_mac())
+            .map_err(|e| VmmError::Device("virtio-net", e.to_string()))?;
+        m.add_virtio(Arc::new(Mutex::new(dev)), events)?;
+    }
     if let Some(f) = &cfg.fs {
         let backend = VhostUserFs::connect(&f.socket, 2)
             .map_err(|e| VmmError::Device("virtio-fs", e.to_string()))?;
@@ -155,6 +163,14 @@ fn add_devices(
         m.add_virtio(Arc::new(Mutex::new(dev)), events)?;
     }
     Ok(())
+}
+
+/// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx).
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    let _ = OsEntropy.fill(&mut mac);
+    mac[0] = 0x02;
+    mac
 }
 
 /// Validates `cfg`, builds and runs the VM until it ends.
