@@ -80,7 +80,7 @@ for i in $(seq 1 "$RUNS"); do
     echo "| $i | husk-vmm | $WALL_MS | $RSS_KIB | $kvm_ms | $cpu_ms |"
 
     run "$WORK/qemu.log" qemu-system-x86_64 \
-        -M microvm,acpi=off,x-option-roms=off,rtc=off,memory-backend=mem \
+        -M microvm,acpi=off,x-option-roms=off,rtc=off,pic=off,pit=off,memory-backend=mem \
         -object memory-backend-memfd,id=mem,size=${MEM}M,share=on \
         -enable-kvm -cpu host,-cx16,-popcnt,-xsave,-smap,-erms,-fsrm \
         -m ${MEM}M -smp 1 -nodefaults -no-user-config -display none \

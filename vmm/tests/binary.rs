@@ -120,3 +120,39 @@ fn existing_control_socket_is_refused() {
     assert!(err.contains("already exists"), "{err}");
     assert!(ctl.exists());
 }
+
+#[test]
+fn dies_with_its_parent() {
+    if !kvm() {
+        return;
+    }
+    let d = TempDir::new("pdeath");
+    let k = tiny_kernel(&d, SPIN);
+    let ctl = d.path("ctl.sock");
+    // A shell starts husk-vmm in the background, prints its pid and exits.
+    let script = format!(
+        "{} --kernel {} --console off --control-socket {} >/dev/null 2>&1 & echo $!; sleep 1",
+        env!("CARGO_BIN_EXE_husk-vmm"),
+        k.display(),
+        ctl.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+            .unwrap_or(true)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gone() {
+        if std::time::Instant::now() > deadline {
+            // SAFETY: kill(2) on the pid we started; no memory is involved.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("husk-vmm {pid} outlived its parent");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
