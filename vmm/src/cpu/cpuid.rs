@@ -79,7 +79,9 @@ fn normalize(e: &mut kvm_cpuid_entry2, id: u8, count: u8) {
             e.ecx = 0;
             e.edx = 0;
         }
-        0xb => {
+        // Extended topology (0xB) and its v2 (0x1F, which Linux prefers when
+        // present): one package, `count` cores of one thread; x2APIC id = id.
+        0xb | 0x1f => {
             e.flags |= KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
             e.edx = u32::from(id);
             match e.index {
@@ -149,6 +151,9 @@ mod tests {
             entry(0xa, 0, [7, 7, 7, 7]),
             entry(0xb, 0, [9, 9, 9, 9]),
             entry(0xb, 1, [9, 9, 9, 9]),
+            entry(0x1f, 0, [9, 9, 9, 9]),
+            entry(0x1f, 1, [9, 9, 9, 9]),
+            entry(0x1f, 2, [9, 9, 9, 9]),
         ])
         .unwrap()
     }
@@ -177,6 +182,14 @@ mod tests {
         let b1 = find(&c, 0xb, 1);
         assert_eq!((b1.eax, b1.ebx, b1.edx), (2, 4, 2));
         assert_eq!(find(&c, 0xb, 0).ebx, 1);
+        let v2 = find(&c, 0x1f, 1);
+        assert_eq!((v2.eax, v2.ebx, v2.ecx, v2.edx), (2, 4, (2 << 8) | 1, 2));
+        let v2_die = find(&c, 0x1f, 2);
+        assert_eq!(
+            (v2_die.ebx, v2_die.ecx & 0xff00, v2_die.edx),
+            (0, 0, 2),
+            "no die level"
+        );
         assert!(!c.as_slice().iter().any(|e| e.function == 0x8000_0008));
     }
 
