@@ -15,10 +15,10 @@ fn main() -> ExitCode {
         )
         .init();
     // Die with the parent (the shim), so a VM can never be orphaned.
+    let parent = std::os::unix::process::parent_id();
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } == 1 {
+    if std::os::unix::process::parent_id() != parent {
         // The parent died before prctl took effect.
         eprintln!("husk-vmm: parent already exited; not starting");
         return ExitCode::from(1);

@@ -94,6 +94,8 @@ impl MmioTransport {
                 self.queue().map_or(0, |q| u32::from(q.ready()))
             }
             0x60 => self.interrupt.status.load(Ordering::SeqCst),
+            // ShmLen/ShmBase: all ones = no shared memory region.
+            0xb0..=0xbc => u32::MAX,
             0x70 => self.status,
             0xfc => self.config_generation,
             _ => 0,
@@ -275,6 +277,7 @@ mod tests {
         assert_eq!(rd(&mut t, 0x34), 16);
         wr(&mut t, 0x30, 7);
         assert_eq!(rd(&mut t, 0x34), 0, "no such queue");
+        assert_eq!(rd(&mut t, 0xb0), u32::MAX, "no shared memory regions");
         drive_to_ok(&mut t, &mem, 2);
         assert_eq!(rd(&mut t, 0x70) & S_DRIVER_OK, S_DRIVER_OK);
         assert_eq!(dev.lock().unwrap().activated, 1);

@@ -193,3 +193,17 @@ fn guest_cannot_overrun_credit() {
     }
     assert_eq!(last, Some(OP_RST));
 }
+
+#[test]
+fn host_connect_refused_by_guest_closes_without_ok() {
+    let (d, mut m) = setup("refused");
+    let mut host = UnixStream::connect(d.0.join("v.sock")).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    host.write_all(b"CONNECT 4321\n").unwrap();
+    let (req, _) = next_pkt(&mut m).expect("REQUEST");
+    assert_eq!(req.op, OP_REQUEST);
+    m.send_pkt(&guest(OP_RST, 4321, req.src_port), &[]);
+    assert_eq!(m.connections(), 0);
+    let mut b = [0u8; 8];
+    assert_eq!(host.read(&mut b).unwrap(), 0, "EOF, no OK line");
+}
