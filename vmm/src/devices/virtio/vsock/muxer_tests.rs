@@ -207,3 +207,26 @@ fn host_connect_refused_by_guest_closes_without_ok() {
     let mut b = [0u8; 8];
     assert_eq!(host.read(&mut b).unwrap(), 0, "EOF, no OK line");
 }
+
+#[test]
+fn full_listener_backlog_never_blocks_the_muxer() {
+    let (d, mut m) = setup("backlog");
+    let path = format!("{}_7000", d.0.join("v.sock").display());
+    // A listener that never accepts, with the smallest backlog.
+    let l = UnixListener::bind(&path).unwrap();
+    // SAFETY: listen(2) on our own socket fd.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 0) };
+    let start = Instant::now();
+    let mut rsts = 0;
+    for port in 0..64 {
+        m.send_pkt(&guest(OP_REQUEST, 100 + port, 7000), &[]);
+        let mut buf = [0u8; 64];
+        while let Some((h, _)) = m.recv_pkt(&mut buf) {
+            if h.op == OP_RST {
+                rsts += 1;
+            }
+        }
+    }
+    assert!(start.elapsed() < Duration::from_secs(2), "muxer blocked");
+    assert!(rsts > 0, "connections beyond the backlog are reset");
+}
