@@ -36,6 +36,44 @@ fn tiny_kernel_prints_and_resets_with_exit_0() {
 }
 
 #[test]
+fn kernel_panic_on_the_console_gives_exit_2() {
+    if !kvm() {
+        return;
+    }
+    let d = TempDir::new("panic");
+    let k = tiny_kernel(&d, &print_and_reset("Kernel panic - not syncing: test\n"));
+    let console = d.path("console.log");
+    let mut c = spawn_vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--console",
+        console.to_str().unwrap(),
+    ]);
+    let (code, err) = wait_exit(&mut c, 30);
+    assert_eq!(code, 2, "stderr: {err}");
+    assert!(err.contains("guest kernel panicked"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        "Kernel panic - not syncing: test\n"
+    );
+}
+
+#[test]
+fn triple_fault_gives_exit_3() {
+    if !kvm() {
+        return;
+    }
+    let d = TempDir::new("ud2");
+    // ud2 with the boot IDT (limit 7, no usable gate): #UD -> #GP -> #DF ->
+    // triple fault.
+    let k = tiny_kernel(&d, &[0x0f, 0x0b]);
+    let mut c = spawn_vmm(&["--kernel", k.to_str().unwrap(), "--console", "off"]);
+    let (code, err) = wait_exit(&mut c, 30);
+    assert_eq!(code, 3, "stderr: {err}");
+    assert!(err.contains("triple-faulted"), "{err}");
+}
+
+#[test]
 fn two_vcpus_boot_too() {
     if !kvm() {
         return;

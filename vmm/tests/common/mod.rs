@@ -67,6 +67,16 @@ pub const HELLO_AND_RESET: &[u8] = &[
     0xf4, 0xeb, 0xfd,                   // hlt; jmp hlt
 ];
 
+/// 32-bit code that prints `text` on the serial port and resets.
+pub fn print_and_reset(text: &str) -> Vec<u8> {
+    let mut code = vec![0xba, 0xf8, 0x03, 0x00, 0x00]; // mov edx, 0x3f8
+    for b in text.bytes() {
+        code.extend_from_slice(&[0xb0, b, 0xee]); // mov al, b; out dx, al
+    }
+    code.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]);
+    code
+}
+
 /// Halts forever (interrupts are off at the PVH entry).
 pub const SPIN: &[u8] = &[0xf4, 0xeb, 0xfd];
 
