@@ -88,6 +88,8 @@ fn host_initiated_connect_ok_and_data_both_ways() {
     let mut b = [0u8; 4];
     host.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"pong");
+    // Asked for credit, the muxer reports what it forwarded.
+    m.send_pkt(&guest(OP_CREDIT_REQUEST, 1024, local), &[]);
     let (cu, _) = next_pkt(&mut m).expect("credit update");
     assert_eq!((cu.op, cu.fwd_cnt), (OP_CREDIT_UPDATE, 4));
 
