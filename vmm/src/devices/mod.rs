@@ -1,0 +1,6 @@
+//! Devices: legacy ones on the port bus, virtio ones on MMIO.
+
+pub mod bus;
+pub mod i8042;
+pub mod serial;
+pub mod virtio;
