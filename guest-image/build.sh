@@ -119,10 +119,10 @@ build_kernel() {
         fi
         (
             cd "$tree"
-            make -s tinyconfig >/dev/null
-            scripts/kconfig/merge_config.sh -m -O . .config "$FRAGMENT" >/dev/null
-            make -s olddefconfig >/dev/null
-        )
+            make -s tinyconfig
+            scripts/kconfig/merge_config.sh -m -O . .config "$FRAGMENT"
+            make -s olddefconfig
+        ) > "$tree/config.log" 2>&1 || { cat "$tree/config.log" >&2; die "kernel configuration failed"; }
         check_config "$tree/.config"
         log "kernel: make -j$JOBS vmlinux (log: $tree/build.log)"
         if ! make -C "$tree" -j"$JOBS" vmlinux > "$tree/build.log" 2>&1; then
