@@ -19,6 +19,7 @@ apt_packages=(
 	build-essential pkg-config protobuf-compiler musl-tools jq
 	containerd runc busybox-static containernetworking-plugins
 	iproute2 procps util-linux bsdutils ca-certificates
+	libseccomp-dev libcap-ng-dev qemu-system-x86 cpio python3
 )
 
 log() { echo "test.sh: $*" >&2; }
@@ -46,8 +47,19 @@ install_packages
 locked=()
 [ "${CI:-}" = true ] && locked=(--locked)
 
+# virtiofsd (the virtio-fs file server husk-vmm talks to) is a crates.io binary.
+if ! command -v virtiofsd >/dev/null && [ ! -x /usr/libexec/virtiofsd ]; then
+	log "installing virtiofsd (cargo install, a few minutes)"
+	cargo install --locked virtiofsd
+fi
+
 log "building the workspace"
 cargo build "${locked[@]}" --workspace --all-targets
+
+# The guest kernel (cached under /var/cache/husk, rebuilt only when its
+# inputs change) and the initrd with the freshly built agent.
+log "building the guest image"
+guest-image/build.sh
 
 # A previous run that was killed may have left the environment up.
 scripts/test-env.sh down >/dev/null 2>&1 || true
