@@ -167,10 +167,15 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn hybrid_handshake_consumes_only_the_ok_line() {
-        let dir = std::env::temp_dir().join(format!("husk-api-hs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// A stand-in for the VMM's hybrid-vsock muxer: accepts one connection
+    /// on a fresh socket in `dir`, checks the `CONNECT` line and answers
+    /// `reply`.
+    fn fake_muxer(
+        dir: &std::path::Path,
+        expect: &'static [u8; 13],
+        reply: &'static [u8],
+    ) -> (PathBuf, tokio::task::JoinHandle<()>) {
+        std::fs::create_dir_all(dir).unwrap();
         let sock = dir.join("v.sock");
         let _ = std::fs::remove_file(&sock);
         let l = tokio::net::UnixListener::bind(&sock).unwrap();
@@ -178,10 +183,17 @@ mod tests {
             let (mut s, _) = l.accept().await.unwrap();
             let mut buf = [0u8; 13];
             s.read_exact(&mut buf).await.unwrap();
-            assert_eq!(&buf, b"CONNECT 1025\n");
-            s.write_all(b"OK 99\nDATA").await.unwrap();
+            assert_eq!(&buf, expect);
+            s.write_all(reply).await.unwrap();
         });
-        let addr = Address::HybridVsock(sock.clone(), 1025);
+        (sock, server)
+    }
+
+    #[tokio::test]
+    async fn hybrid_handshake_consumes_only_the_ok_line() {
+        let dir = std::env::temp_dir().join(format!("husk-api-hs-{}", std::process::id()));
+        let (sock, server) = fake_muxer(&dir, b"CONNECT 1025\n", b"OK 99\nDATA");
+        let addr = Address::HybridVsock(sock, 1025);
         let mut s = addr.dial().await.unwrap();
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).await.unwrap();
@@ -193,17 +205,8 @@ mod tests {
     #[tokio::test]
     async fn refused_handshake_is_an_error() {
         let dir = std::env::temp_dir().join(format!("husk-api-hs2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("v.sock");
-        let _ = std::fs::remove_file(&sock);
-        let l = tokio::net::UnixListener::bind(&sock).unwrap();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut buf = [0u8; 13];
-            s.read_exact(&mut buf).await.unwrap();
-            s.write_all(b"ERR nope\n").await.unwrap();
-        });
-        let addr = Address::HybridVsock(sock.clone(), 1024);
+        let (sock, server) = fake_muxer(&dir, b"CONNECT 1024\n", b"ERR nope\n");
+        let addr = Address::HybridVsock(sock, 1024);
         assert!(matches!(addr.dial().await, Err(ConnectError::Handshake(_))));
         server.await.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
