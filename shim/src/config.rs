@@ -31,9 +31,9 @@ pub enum ConfigError {
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Containers run on the host through a runc-compatible binary.
-    #[default]
     Runc,
     /// Each pod runs in its own KVM microVM.
+    #[default]
     Vm,
 }
 
@@ -47,6 +47,7 @@ pub struct Config {
     /// Per-sandbox runtime state lives in `<state_root>/<sandbox-id>/`.
     pub state_root: PathBuf,
     pub runc: RuncConfig,
+    pub vm: VmConfig,
 }
 
 /// `[runc]`: the host runtime used when `mode = "runc"`.
@@ -61,13 +62,60 @@ pub struct RuncConfig {
     pub systemd_cgroup: bool,
 }
 
+/// `[vm]`: the microVM of each pod when `mode = "vm"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    /// husk-vmm: a path, or a name searched next to the shim binary, then on `PATH`.
+    pub vmm: PathBuf,
+    /// virtiofsd: a path, or a name searched like `vmm` (and in `~/.cargo/bin`).
+    pub virtiofsd: PathBuf,
+    /// Uncompressed guest kernel (ELF vmlinux with a PVH note).
+    pub kernel: PathBuf,
+    /// The guest initrd (newc cpio) whose `/init` is husk-agent.
+    pub initrd: PathBuf,
+    /// vCPUs of a pod without CRI CPU limits.
+    pub vcpus: u32,
+    /// Upper bound of vCPUs after adding the pod's CPU limit.
+    pub max_vcpus: u32,
+    /// Guest RAM in MiB on top of the pod's memory limit (all of it without one).
+    pub mem_mib: u32,
+    /// `host`, `compat` or `auto` (see husk-vmm `--cpu-profile`).
+    pub cpu_profile: String,
+    /// Extra words for the guest kernel command line.
+    pub kernel_params: String,
+    /// How long to wait for the guest agent to answer after starting the VM.
+    pub boot_timeout_secs: u64,
+    /// virtiofsd `--cache`: `auto`, `always` or `never`.
+    pub virtiofs_cache: String,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            vmm: PathBuf::from("husk-vmm"),
+            virtiofsd: PathBuf::from("virtiofsd"),
+            kernel: PathBuf::from("/usr/share/husk/vmlinux"),
+            initrd: PathBuf::from("/usr/share/husk/initrd.cpio"),
+            vcpus: 1,
+            max_vcpus: 1,
+            mem_mib: 256,
+            cpu_profile: "auto".to_string(),
+            kernel_params: String::new(),
+            boot_timeout_secs: 60,
+            virtiofs_cache: "auto".to_string(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
-            mode: Mode::Runc,
+            mode: Mode::Vm,
             log_level: "info".to_string(),
             state_root: PathBuf::from("/run/husk"),
             runc: RuncConfig::default(),
+            vm: VmConfig::default(),
         }
     }
 }
@@ -92,7 +140,7 @@ impl Config {
     }
 
     /// Reads `path`. A missing file at the default path yields the defaults
-    /// (runc mode); a missing file that was asked for explicitly is an error.
+    /// (vm mode); a missing file that was asked for explicitly is an error.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Config::parse(&text, path),
@@ -118,7 +166,7 @@ mod tests {
     fn empty_file_gives_defaults() {
         let c = Config::parse("", Path::new("x")).unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(c.mode, Mode::Runc);
+        assert_eq!(c.mode, Mode::Vm);
         assert_eq!(c.runc.binary, PathBuf::from("runc"));
     }
 
@@ -132,6 +180,18 @@ mod tests {
             binary = "/usr/bin/crun"
             root = "/tmp/h/runc"
             systemd_cgroup = true
+            [vm]
+            vmm = "/opt/husk/husk-vmm"
+            virtiofsd = "/usr/libexec/virtiofsd"
+            kernel = "/k"
+            initrd = "/i"
+            vcpus = 2
+            max_vcpus = 4
+            mem_mib = 512
+            cpu_profile = "compat"
+            kernel_params = "quiet"
+            boot_timeout_secs = 30
+            virtiofs_cache = "never"
         "#;
         let c = Config::parse(text, Path::new("x")).unwrap();
         assert_eq!(c.mode, Mode::Vm);
@@ -140,6 +200,15 @@ mod tests {
         assert_eq!(c.runc.binary, PathBuf::from("/usr/bin/crun"));
         assert_eq!(c.runc.root, PathBuf::from("/tmp/h/runc"));
         assert!(c.runc.systemd_cgroup);
+        assert_eq!(c.vm.vmm, PathBuf::from("/opt/husk/husk-vmm"));
+        assert_eq!(c.vm.virtiofsd, PathBuf::from("/usr/libexec/virtiofsd"));
+        assert_eq!(c.vm.kernel, PathBuf::from("/k"));
+        assert_eq!(c.vm.initrd, PathBuf::from("/i"));
+        assert_eq!((c.vm.vcpus, c.vm.max_vcpus, c.vm.mem_mib), (2, 4, 512));
+        assert_eq!(c.vm.cpu_profile, "compat");
+        assert_eq!(c.vm.kernel_params, "quiet");
+        assert_eq!(c.vm.boot_timeout_secs, 30);
+        assert_eq!(c.vm.virtiofs_cache, "never");
     }
 
     #[test]

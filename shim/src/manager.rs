@@ -190,8 +190,15 @@ impl Shim for HuskShim {
                 log.set(&cfg.log_level);
             }
             let dir = cfg.state_root.join(&sandbox_id);
-            let sb = crate::runc::RuncSandbox::new(&cfg.runc, &namespace, dir, sink)?;
-            Ok(Arc::new(sb) as Arc<dyn crate::sandbox::Sandbox>)
+            match cfg.mode {
+                crate::config::Mode::Runc => {
+                    let sb = crate::runc::RuncSandbox::new(&cfg.runc, &namespace, dir, sink)?;
+                    Ok(Arc::new(sb) as Arc<dyn crate::sandbox::Sandbox>)
+                }
+                crate::config::Mode::Vm => Err(crate::sandbox::SandboxError::FailedPrecondition(
+                    "vm mode not available yet; set mode = \"runc\"".into(),
+                )),
+            }
         });
         Tasks(Arc::new(TaskService::new(
             &self.namespace,

@@ -21,7 +21,7 @@ pub use publisher::Publisher;
 use state::ContainerState;
 pub use task::Tasks;
 
-use crate::config::{Config, Mode, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::sandbox::{EventSink, Sandbox, SandboxError, SandboxEvent};
 
 /// Builds the pod's sandbox from the configuration of its first container.
@@ -145,12 +145,6 @@ impl TaskService {
             .or_else(|| self.start_config.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
         let cfg = Config::load(&path)?;
-        if cfg.mode == Mode::Vm {
-            return Err(precondition(format!(
-                "vm mode not available yet; set mode = \"runc\" in {}",
-                path.display()
-            )));
-        }
         Ok((cfg, path))
     }
 

@@ -341,15 +341,6 @@ async fn unknown_container_is_not_found() {
 }
 
 #[tokio::test]
-async fn vm_mode_is_failed_precondition() {
-    let f = fixture("mode = \"vm\"");
-    let (c, msg) = code(f.svc.create(f.create_req("v")).await.unwrap_err());
-    assert_eq!(c, Code::FAILED_PRECONDITION);
-    assert!(msg.contains("vm mode not available yet"), "{msg}");
-    assert!(f.fake.calls().is_empty());
-}
-
-#[tokio::test]
 async fn malformed_spec_and_bad_ids_are_invalid_argument() {
     let f = fixture("");
     let req = CreateTaskRequest {
