@@ -1,7 +1,7 @@
 //! Host runc mode: containers run directly on the host through a
 //! runc-CLI compatible binary (runc, crun).
 
-mod bundle;
+pub mod bundle;
 mod cli;
 mod process;
 
