@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use super::launch::{self, PodPaths, Sizing};
-use super::podcg::PodCgroup;
+use super::podcg::{PodCgroup, PodCgroupError};
 use crate::config::VmConfig;
 use crate::sandbox::{ExitStatus, SandboxError};
 
@@ -73,10 +73,10 @@ impl PodVm {
     pub async fn boot(req: BootRequest<'_>) -> Result<PodVm, SandboxError> {
         let paths = req.paths.clone();
         let mut cgroup = match &req.cgroups_path {
-            Some(p) if !p.is_empty() => Some(
-                PodCgroup::create(p)
-                    .map_err(|e| SandboxError::Internal(format!("pod cgroup {p}: {e}")))?,
-            ),
+            Some(p) if !p.is_empty() => Some(PodCgroup::create(p).map_err(|e| match e {
+                PodCgroupError::Unsupported(_) => SandboxError::FailedPrecondition(e.to_string()),
+                _ => SandboxError::Internal(format!("pod cgroup {p}: {e}")),
+            })?),
             _ => None,
         };
         if let Some(cg) = &mut cgroup {
