@@ -161,3 +161,13 @@ pub fn cleanup_bundle(bundle: &Path) -> Result<bool, cleanup::CleanupError> {
     let _ = std::fs::remove_file(&path);
     Ok(true)
 }
+
+impl crate::sandbox::Processes for Container {
+    type Process = GuestProcess;
+    fn init_mut(&mut self) -> &mut GuestProcess {
+        &mut self.init
+    }
+    fn exec_mut(&mut self, exec_id: &str) -> Option<&mut GuestProcess> {
+        self.execs.get_mut(exec_id)
+    }
+}

@@ -137,11 +137,7 @@ impl VmSandbox {
     }
 
     fn with<T>(&self, id: &str, f: impl FnOnce(&mut Container) -> Result<T>) -> Result<T> {
-        let mut map = self.lock();
-        let c = map
-            .get_mut(id)
-            .ok_or_else(|| SandboxError::NotFound(format!("container {id} not found")))?;
-        f(c)
+        crate::sandbox::with_container(&mut self.lock(), id, f)
     }
 
     fn with_process<T>(
@@ -150,12 +146,7 @@ impl VmSandbox {
         exec_id: Option<&str>,
         f: impl FnOnce(&mut GuestProcess) -> Result<T>,
     ) -> Result<T> {
-        self.with(id, |c| match exec_id {
-            None => f(&mut c.init),
-            Some(e) => f(c.execs.get_mut(e).ok_or_else(|| {
-                SandboxError::NotFound(format!("exec {e} not found in container {id}"))
-            })?),
-        })
+        crate::sandbox::with_process(&mut self.lock(), id, exec_id, f)
     }
 
     fn container_request(id: &str) -> pb::ContainerRequest {
