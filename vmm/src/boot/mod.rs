@@ -64,6 +64,12 @@ pub fn load(
     let PvhBootCapability::PvhEntryPresent(entry) = res.pvh_boot_cap else {
         return Err(BootError::NoPvhEntry(kernel.into()));
     };
+    // The image's alignment padding is megabytes of zeros: do not keep host
+    // pages for them (the guest reads zeros either way).
+    match crate::memory::release_zero_pages(mem, HIMEM_START, res.kernel_end) {
+        Ok(n) => tracing::debug!("released {} KiB of zero pages of the kernel image", n >> 10),
+        Err(e) => tracing::warn!("cannot release zero pages of the kernel image: {e}"),
+    }
 
     let mem_end = mem.last_addr().0 + 1;
     let mut modules = Vec::new();
