@@ -117,6 +117,16 @@ fn ctr_spec(args: &[&str], extra: Vec<Value>, memory: i64, cgroupns: bool) -> Ve
     serde_json::to_vec(&spec).unwrap()
 }
 
+/// `spec` with `linux.sysctl` set to `pairs`.
+fn with_sysctl(spec: Vec<u8>, pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&spec).unwrap();
+    v["linux"]["sysctl"] = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    serde_json::to_vec(&v).unwrap()
+}
+
 fn process_json(args: &[&str], terminal: bool) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "terminal": terminal,
@@ -380,7 +390,10 @@ async fn agent_runs_containers_in_a_real_microvm() {
     create(
         &mut c,
         "c2",
-        ctr_spec(&["sleep", "100000"], vec![], 128 << 20, true),
+        with_sysctl(
+            ctr_spec(&["sleep", "100000"], vec![], 128 << 20, true),
+            &[("net.ipv4.ip_unprivileged_port_start", "0")],
+        ),
         &rootfs,
         pb::Stdio::default(),
     )
@@ -396,7 +409,8 @@ async fn agent_runs_containers_in_a_real_microvm() {
             &[
                 "sh",
                 "-c",
-                "id -u; cat /sys/fs/cgroup/memory.max; echo oops >&2; exit 5",
+                "id -u; cat /sys/fs/cgroup/memory.max \
+                 /proc/sys/net/ipv4/ip_unprivileged_port_start; echo oops >&2; exit 5",
             ],
             false,
         ),
@@ -408,7 +422,7 @@ async fn agent_runs_containers_in_a_real_microvm() {
         async { read_all(pod.open("c2", "e1", StreamKind::Stdout).await).await },
         async { read_all(pod.open("c2", "e1", StreamKind::Stderr).await).await }
     );
-    assert_eq!(out, format!("0\n{}\n", 128 << 20), "stderr {err:?}");
+    assert_eq!(out, format!("0\n{}\n0\n", 128 << 20), "stderr {err:?}");
     assert_eq!(err, "oops\n");
     assert_eq!(wait(&mut c, "c2", "e1").await.exit_code, 5);
     step(c.delete_process(preq("c2", "e1"))).await.unwrap();
