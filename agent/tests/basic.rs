@@ -172,11 +172,13 @@ async fn bind_mounts_from_the_share_read_and_write_host_files() {
     let mut s = spec(&[
         "sh",
         "-c",
-        "cat /data/in.txt; echo dir-write > /data/out.txt; echo file-write > /etc/one.txt",
+        "cat /data/in.txt; echo dir-write > /data/out.txt; echo file-write > /etc/one.txt; \
+         cat /ro/in.txt; touch /ro/new 2>/dev/null && echo writable || echo read-only",
     ]);
     let mounts: Vec<oci_spec::runtime::Mount> = serde_json::from_str(
         r#"[{"destination":"/data","type":"bind","source":"bm/mounts/0","options":["rbind","rw"]},
-            {"destination":"/etc/one.txt","type":"bind","source":"bm/mounts/1","options":["bind"]}]"#,
+            {"destination":"/etc/one.txt","type":"bind","source":"bm/mounts/1","options":["bind"]},
+            {"destination":"/ro","type":"bind","source":"bm/mounts/0","options":["rbind","ro"]}]"#,
     )
     .unwrap();
     let mut all = s.mounts().clone().unwrap_or_default();
@@ -189,7 +191,8 @@ async fn bind_mounts_from_the_share_read_and_write_host_files() {
         "{}",
         String::from_utf8_lossy(&r.stderr)
     );
-    assert_eq!(r.out(), "from-host\n");
+    assert_eq!(r.out(), "from-host\nfrom-host\nread-only\n");
+    assert!(!dir.join("new").exists());
     assert_eq!(
         std::fs::read_to_string(dir.join("out.txt")).unwrap(),
         "dir-write\n"
