@@ -629,17 +629,22 @@ async fn agent_runs_containers_in_a_real_microvm() {
     assert_eq!(events_of(&events, "c3"), ["oom", "exit:137:true"]);
     assert_eq!(events_of(&events, "c1"), ["exit:3:false"]);
 
-    // 5. Remove everything, then Shutdown: the VM resets, husk-vmm exits 0.
-    for id in ["c2", "c3"] {
-        step(c.remove_container(pb::RemoveContainerRequest {
-            container_id: id.into(),
-            force: true,
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("remove {id}: {e}"));
-    }
-    let gone = step(c.wait_process(preq("c2", ""))).await.unwrap_err();
+    // 5. Remove the exited container; Shutdown with c2 still running: the
+    //    agent removes it, the VM resets, husk-vmm exits 0.
+    step(c.remove_container(pb::RemoveContainerRequest {
+        container_id: "c3".into(),
+        force: false,
+    }))
+    .await
+    .unwrap();
+    let gone = step(c.wait_process(preq("c3", ""))).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
+    let pids = step(c.list_processes(creq("c2")))
+        .await
+        .unwrap()
+        .into_inner()
+        .pids;
+    assert_eq!(pids.len(), 1, "c2 still runs at Shutdown: {pids:?}");
     step(c.shutdown(pb::Empty {})).await.unwrap();
     let code = pod.vm.wait_vmm(Duration::from_secs(60));
     assert_eq!(code, Some(0), "husk-vmm exit\n{}", pod.vm.logs());
