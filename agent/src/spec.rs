@@ -45,6 +45,8 @@ pub enum SpecError {
     Capability(String),
     #[error("unknown rlimit {0}")]
     Rlimit(String),
+    #[error("sysctl {0:?} is not a valid kernel parameter name or its value has a NUL byte")]
+    Sysctl(String),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
 }
@@ -172,6 +174,7 @@ pub fn container_plan(
                 .unwrap_or(false),
             root_propagation,
             hostname,
+            sysctl: sysctl_plan(&linux)?,
         },
         process: process_plan(proc, seccomp.clone())?,
         terminal: proc.terminal().unwrap_or(false),
@@ -182,6 +185,29 @@ pub fn container_plan(
             .unwrap_or_default(),
         seccomp,
     })
+}
+
+/// `linux.sysctl` → paths under /proc/sys (`net.ipv4.ip_forward` →
+/// `net/ipv4/ip_forward`), sorted so the order is stable.
+fn sysctl_plan(linux: &oci_spec::runtime::Linux) -> Result<Vec<(PathBuf, String)>, SpecError> {
+    let mut out = Vec::new();
+    for (key, value) in linux.sysctl().iter().flatten() {
+        let bad = || SpecError::Sysctl(key.clone());
+        let rel = key.replace('.', "/");
+        let ok_chars = rel
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-/".contains(&b));
+        if key.len() > 256 || !ok_chars || value.contains('\0') || value.len() > 4096 {
+            return Err(bad());
+        }
+        let comps = clean_components(Path::new(&rel)).ok_or_else(bad)?;
+        if comps.is_empty() || rel.starts_with('/') || rel.split('/').any(str::is_empty) {
+            return Err(bad());
+        }
+        out.push((comps.iter().collect::<PathBuf>(), value.clone()));
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Mount flags and data from OCI options: (flags, propagation, data, bind, rec).
@@ -381,6 +407,37 @@ mod tests {
             .contains(&caps::Capability::CAP_KILL));
         assert!(!plan.rootfs.masked.is_empty());
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn sysctl_keys_become_proc_sys_paths() {
+        let linux = |json: &str| -> oci_spec::runtime::Linux {
+            serde_json::from_str(&format!(r#"{{"sysctl":{json}}}"#)).unwrap()
+        };
+        let plan = sysctl_plan(&linux(
+            r#"{"net.ipv4.ip_unprivileged_port_start":"0","kernel.shmmax":"1000"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            plan,
+            [
+                ("kernel/shmmax".into(), "1000".to_string()),
+                (
+                    "net/ipv4/ip_unprivileged_port_start".into(),
+                    "0".to_string()
+                )
+            ]
+        );
+        for bad in [
+            r#"{"..":"1"}"#,
+            r#"{"net..ipv4":"1"}"#,
+            r#"{"/etc/passwd":"x"}"#,
+            r#"{"net.ipv4 x":"1"}"#,
+            r#"{"":"1"}"#,
+            r#"{"kernel.x":"a\u0000b"}"#,
+        ] {
+            assert!(sysctl_plan(&linux(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -172,11 +172,13 @@ async fn bind_mounts_from_the_share_read_and_write_host_files() {
     let mut s = spec(&[
         "sh",
         "-c",
-        "cat /data/in.txt; echo dir-write > /data/out.txt; echo file-write > /etc/one.txt",
+        "cat /data/in.txt; echo dir-write > /data/out.txt; echo file-write > /etc/one.txt; \
+         cat /ro/in.txt; touch /ro/new 2>/dev/null && echo writable || echo read-only",
     ]);
     let mounts: Vec<oci_spec::runtime::Mount> = serde_json::from_str(
         r#"[{"destination":"/data","type":"bind","source":"bm/mounts/0","options":["rbind","rw"]},
-            {"destination":"/etc/one.txt","type":"bind","source":"bm/mounts/1","options":["bind"]}]"#,
+            {"destination":"/etc/one.txt","type":"bind","source":"bm/mounts/1","options":["bind"]},
+            {"destination":"/ro","type":"bind","source":"bm/mounts/0","options":["rbind","ro"]}]"#,
     )
     .unwrap();
     let mut all = s.mounts().clone().unwrap_or_default();
@@ -189,11 +191,57 @@ async fn bind_mounts_from_the_share_read_and_write_host_files() {
         "{}",
         String::from_utf8_lossy(&r.stderr)
     );
-    assert_eq!(r.out(), "from-host\n");
+    assert_eq!(r.out(), "from-host\nfrom-host\nread-only\n");
+    assert!(!dir.join("new").exists());
     assert_eq!(
         std::fs::read_to_string(dir.join("out.txt")).unwrap(),
         "dir-write\n"
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "file-write\n");
     remove(&mut c, "bm").await;
+}
+
+#[tokio::test]
+async fn sysctls_apply_inside_the_container_only() {
+    if !requirements_met() {
+        return;
+    }
+    let agent = Agent::start();
+    let mut c = agent.client().await;
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shmmni",
+    ]);
+    let mut linux = s.linux().clone().unwrap();
+    let sysctl: std::collections::HashMap<String, String> = [
+        ("net.ipv4.ip_unprivileged_port_start", "0"),
+        ("kernel.shmmni", "1234"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    linux.set_sysctl(Some(sysctl));
+    s.set_linux(Some(linux));
+    let host_port =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+    let host_shm = std::fs::read_to_string("/proc/sys/kernel/shmmni").unwrap();
+    let r = run(&agent, &mut c, "sysctl", &s).await;
+    assert_eq!(
+        r.exit.exit_code,
+        0,
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(r.out(), "0\n1234\n");
+    // The container had its own network and ipc namespaces.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap(),
+        host_port
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/shmmni").unwrap(),
+        host_shm
+    );
+    remove(&mut c, "sysctl").await;
 }

@@ -117,6 +117,16 @@ fn ctr_spec(args: &[&str], extra: Vec<Value>, memory: i64, cgroupns: bool) -> Ve
     serde_json::to_vec(&spec).unwrap()
 }
 
+/// `spec` with `linux.sysctl` set to `pairs`.
+fn with_sysctl(spec: Vec<u8>, pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&spec).unwrap();
+    v["linux"]["sysctl"] = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    serde_json::to_vec(&v).unwrap()
+}
+
 fn process_json(args: &[&str], terminal: bool) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "terminal": terminal,
@@ -380,7 +390,10 @@ async fn agent_runs_containers_in_a_real_microvm() {
     create(
         &mut c,
         "c2",
-        ctr_spec(&["sleep", "100000"], vec![], 128 << 20, true),
+        with_sysctl(
+            ctr_spec(&["sleep", "100000"], vec![], 128 << 20, true),
+            &[("net.ipv4.ip_unprivileged_port_start", "0")],
+        ),
         &rootfs,
         pb::Stdio::default(),
     )
@@ -396,7 +409,8 @@ async fn agent_runs_containers_in_a_real_microvm() {
             &[
                 "sh",
                 "-c",
-                "id -u; cat /sys/fs/cgroup/memory.max; echo oops >&2; exit 5",
+                "id -u; cat /sys/fs/cgroup/memory.max \
+                 /proc/sys/net/ipv4/ip_unprivileged_port_start; echo oops >&2; exit 5",
             ],
             false,
         ),
@@ -408,7 +422,7 @@ async fn agent_runs_containers_in_a_real_microvm() {
         async { read_all(pod.open("c2", "e1", StreamKind::Stdout).await).await },
         async { read_all(pod.open("c2", "e1", StreamKind::Stderr).await).await }
     );
-    assert_eq!(out, format!("0\n{}\n", 128 << 20), "stderr {err:?}");
+    assert_eq!(out, format!("0\n{}\n0\n", 128 << 20), "stderr {err:?}");
     assert_eq!(err, "oops\n");
     assert_eq!(wait(&mut c, "c2", "e1").await.exit_code, 5);
     step(c.delete_process(preq("c2", "e1"))).await.unwrap();
@@ -615,17 +629,22 @@ async fn agent_runs_containers_in_a_real_microvm() {
     assert_eq!(events_of(&events, "c3"), ["oom", "exit:137:true"]);
     assert_eq!(events_of(&events, "c1"), ["exit:3:false"]);
 
-    // 5. Remove everything, then Shutdown: the VM resets, husk-vmm exits 0.
-    for id in ["c2", "c3"] {
-        step(c.remove_container(pb::RemoveContainerRequest {
-            container_id: id.into(),
-            force: true,
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("remove {id}: {e}"));
-    }
-    let gone = step(c.wait_process(preq("c2", ""))).await.unwrap_err();
+    // 5. Remove the exited container; Shutdown with c2 still running: the
+    //    agent removes it, the VM resets, husk-vmm exits 0.
+    step(c.remove_container(pb::RemoveContainerRequest {
+        container_id: "c3".into(),
+        force: false,
+    }))
+    .await
+    .unwrap();
+    let gone = step(c.wait_process(preq("c3", ""))).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
+    let pids = step(c.list_processes(creq("c2")))
+        .await
+        .unwrap()
+        .into_inner()
+        .pids;
+    assert_eq!(pids.len(), 1, "c2 still runs at Shutdown: {pids:?}");
     step(c.shutdown(pb::Empty {})).await.unwrap();
     let code = pod.vm.wait_vmm(Duration::from_secs(60));
     assert_eq!(code, Some(0), "husk-vmm exit\n{}", pod.vm.logs());

@@ -87,7 +87,7 @@ async fn user_namespace_maps_ids() {
     }
     let agent = Agent::start();
     let mut c = agent.client().await;
-    let mut s = spec(&["sh", "-c", "cat /proc/self/uid_map; id -u"]);
+    let mut s = spec(&["sh", "-c", "cat /proc/self/uid_map; id -u; cat /tmp/marker"]);
     let mut linux = s.linux().clone().unwrap();
     let mut ns = linux.namespaces().clone().unwrap();
     ns.push(serde_json::from_str(r#"{"type":"user"}"#).unwrap());
@@ -97,12 +97,24 @@ async fn user_namespace_maps_ids() {
     linux.set_uid_mappings(Some(map.clone()));
     linux.set_gid_mappings(Some(map));
     s.set_linux(Some(linux));
+    // A bind mount from the share works in a user namespace too (onto a
+    // directory the image has: the unmapped host root owns the rootfs).
+    std::fs::create_dir_all(agent.share.join("userns/mounts/0")).unwrap();
+    std::fs::write(agent.share.join("userns/mounts/0/marker"), "bind-ok\n").unwrap();
+    let mut mounts = s.mounts().clone().unwrap_or_default();
+    mounts.push(
+        serde_json::from_str(
+            r#"{"destination":"/tmp","type":"bind","source":"userns/mounts/0","options":["rbind","ro"]}"#,
+        )
+        .unwrap(),
+    );
+    s.set_mounts(Some(mounts));
     let r = run(&agent, &mut c, "userns", &s).await;
     let out = r.out();
     let words: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(
         words,
-        ["0", "200000", "65536", "0"],
+        ["0", "200000", "65536", "0", "bind-ok"],
         "{out} / {}",
         String::from_utf8_lossy(&r.stderr)
     );

@@ -204,6 +204,11 @@ fn setup_rootfs(r: &RootfsPlan) -> Result<()> {
         // Kept when the image already has the entry.
         let _ = std::os::unix::fs::symlink(target, link);
     }
+    // Like runc: sysctls before the read-only /proc/sys and masked paths.
+    for (key, value) in &r.sysctl {
+        std::fs::write(Path::new("/proc/sys").join(key), value)
+            .map_err(|e| format!("sysctl {}: {e}; is /proc mounted?", key.display()))?;
+    }
     for p in &r.masked {
         mask(p)?;
     }

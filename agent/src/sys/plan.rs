@@ -71,6 +71,9 @@ pub struct RootfsPlan {
     /// Propagation of `/` in the new mount namespace (MS_SLAVE|MS_REC default).
     pub root_propagation: libc::c_ulong,
     pub hostname: Option<CString>,
+    /// `linux.sysctl` as (path under /proc/sys, value), written after
+    /// pivot_root through the container's own /proc.
+    pub sysctl: Vec<(PathBuf, String)>,
 }
 
 /// Capability sets of the process.
