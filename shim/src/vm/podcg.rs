@@ -261,10 +261,16 @@ impl PodCgroup {
 
     /// Removes the directories this pod created, deepest first. Missing ones
     /// are fine (idempotent); one with processes left is [`PodCgroupError::Busy`].
+    /// A parent it created that now holds another pod's cgroup is left to
+    /// that pod.
     pub fn remove(&self) -> Result<()> {
         let mut dirs = self.created_dirs.clone();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         for dir in &dirs {
+            if !self.dirs.contains(dir) && has_subdirs(dir) {
+                tracing::debug!("leaving {}: another cgroup is below it", dir.display());
+                continue;
+            }
             rmdir_retrying(dir)?;
         }
         Ok(())
@@ -333,6 +339,12 @@ fn origin_of(pod_dir: &Path, proc_cgroup: &str) -> Option<(PathBuf, PathBuf)> {
     })?;
     let dir = mount.mount_point.join(path.trim_start_matches('/'));
     Some((mount.mount_point, dir))
+}
+
+fn has_subdirs(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().any(|e| e.file_type().is_ok_and(|t| t.is_dir())))
+        .unwrap_or(false)
 }
 
 fn read_procs(dir: &Path) -> Vec<u32> {
@@ -508,6 +520,24 @@ mod tests {
         assert!(!t.path().join("memory/kubepods/pod1").exists());
         assert!(!t.path().join("pids/kubepods").exists());
         loaded.remove().unwrap(); // idempotent
+    }
+
+    #[test]
+    fn shared_parent_stays_while_a_sibling_uses_it() {
+        let t = tempfile::tempdir().unwrap();
+        let hs = fake(t.path(), &["memory"]);
+        let a = PodCgroup::create_in(&hs, "/husk-run/a", Path::new("husk-run/a")).unwrap();
+        let b = PodCgroup::create_in(&hs, "/husk-run/b", Path::new("husk-run/b")).unwrap();
+        assert_eq!(a.created_dirs.len(), 2);
+        assert_eq!(b.created_dirs.len(), 1);
+        a.remove().unwrap();
+        assert!(t.path().join("memory/husk-run/b").is_dir());
+        assert!(!t.path().join("memory/husk-run/a").exists());
+        b.remove().unwrap();
+        assert!(
+            t.path().join("memory/husk-run").is_dir(),
+            "b did not create it"
+        );
     }
 
     #[test]

@@ -186,6 +186,9 @@ fn pod_alive_follows_the_owner() {
     std::fs::create_dir(&pod).unwrap();
     assert!(!pod_alive(&t.path().join("missing")));
     assert!(!pod_alive(&pod));
+    assert!(!is_pod_dir(&pod));
+    std::fs::create_dir(pod.join("c1")).unwrap();
+    assert!(!is_pod_dir(&pod), "a runc-mode sandbox dir");
 
     let shim = renamed("sleep", t.path(), "containerd-shim-husk-v2");
     let mut g = Guard {
@@ -197,6 +200,7 @@ fn pod_alive_follows_the_owner() {
         shim_pid,
     };
     write_sandbox(&pod, &info(g.children[0].id())).unwrap();
+    assert!(is_pod_dir(&pod));
     assert!(pod_alive(&pod));
     assert_eq!(read_sandbox(&pod), Some(info(g.children[0].id())));
 
