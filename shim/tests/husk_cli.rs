@@ -151,6 +151,28 @@ fn run_copies_stdio_and_returns_the_exit_code() {
     assert_nothing_left(&e, &id);
 }
 
+#[test]
+fn empty_stdin_is_eof_in_the_container() {
+    if !runc_ready() {
+        return;
+    }
+    let e = env("runc", "");
+    let rootfs = busybox_rootfs(e.dir.path()).unwrap();
+    let id = format!("cli-null-{}", std::process::id());
+    let _g = guard(&e, &id);
+    let child = husk(&e.config, &["run", "--rootfs"])
+        .arg(&rootfs)
+        .args(["--id", &id, "--", "sh", "-c", "cat; echo eof"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(30));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "eof\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert_nothing_left(&e, &id);
+}
+
 fn wait_output(mut child: std::process::Child, timeout: Duration) -> Output {
     let deadline = Instant::now() + timeout;
     while child.try_wait().unwrap().is_none() {

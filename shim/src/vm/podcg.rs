@@ -239,11 +239,20 @@ impl PodCgroup {
     }
 
     /// Moves this process back to where [`PodCgroup::enter_self`] found it
-    /// (or the nearest ancestor that still exists).
+    /// (or the nearest ancestor that still exists). In a hierarchy with no
+    /// recorded origin (state loaded from a `cgroup.json` saved before
+    /// `enter_self`), it goes to the hierarchy's root.
     pub fn leave_self(&self) -> Result<()> {
         let pid = std::process::id();
-        for (mount, origin) in &self.shim_origin {
-            let mut target = origin.clone();
+        let mounts =
+            mountinfo::read_self().map_err(io("read", Path::new("/proc/self/mountinfo")))?;
+        let hs = hierarchies(&mounts);
+        for dir in &self.dirs {
+            let Some(h) = hs.iter().find(|h| dir.starts_with(&h.mount_point)) else {
+                continue;
+            };
+            let mount = &h.mount_point;
+            let mut target = self.shim_origin.get(mount).unwrap_or(mount).clone();
             while !target.join("cgroup.procs").exists() && target != *mount && target.pop() {}
             let procs = target.join("cgroup.procs");
             std::fs::write(&procs, format!("{pid}\n")).map_err(io("move back to", &procs))?;
@@ -633,5 +642,26 @@ mod tests {
         removed.unwrap();
         assert_eq!(cgroup_of(std::process::id()), before);
         assert!(!cg.shim_origin.is_empty());
+    }
+
+    #[test]
+    fn shim_leaves_even_without_a_recorded_origin() {
+        if !husk_testutil::require(husk_testutil::is_root(), "root") {
+            return;
+        }
+        let _l = test_lock();
+        let before = cgroup_of(std::process::id());
+        let path = format!("/husk-test-podcg-noorigin-{}", std::process::id());
+        let mut cg = PodCgroup::create(&path).unwrap();
+        // As saved to cgroup.json before entering: no origin in the state.
+        let saved = cg.clone();
+        cg.enter_self().unwrap();
+        let left = saved.leave_self();
+        let removed = saved.remove();
+        // Back where we were, whatever happened above.
+        cg.leave_self().unwrap();
+        left.unwrap();
+        removed.unwrap();
+        assert_eq!(cgroup_of(std::process::id()), before);
     }
 }

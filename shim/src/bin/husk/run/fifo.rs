@@ -3,11 +3,13 @@
 //! from this process's own stdin/stdout/stderr.
 //!
 //! The sandbox opens stdout/stderr for writing and stdin for reading (see
-//! `husk_shim::stdio`). Here stdin is opened read-write, so opening never
-//! blocks and what is typed before the container starts is kept in the
-//! pipe; closing it is the container's EOF. stdout/stderr are opened
-//! read-only and non-blocking: they report neither data nor EOF until the
-//! sandbox has opened them, and EOF once it has closed them.
+//! `husk_shim::stdio`). stdout/stderr are opened here first, read-only and
+//! non-blocking: they report neither data nor EOF until the sandbox has
+//! opened them, and EOF once it has closed them. stdin is opened for
+//! writing only once the container has started, when the sandbox's reader
+//! is there: a pipe reader sees EOF only from writers that opened after it
+//! did, so an earlier writer could never end the container's input. Input
+//! typed before that waits in this process's own stdin.
 
 use std::path::{Path, PathBuf};
 
@@ -71,12 +73,20 @@ impl Drop for Fifos {
     }
 }
 
-/// Opens the stdin FIFO now (never blocks; keeps early input buffered).
-pub fn open_stdin(path: &Path) -> Result<pipe::Sender> {
-    pipe::OpenOptions::new()
-        .read_write(true)
-        .open_sender(path)
-        .with_context(|| format!("open {}", path.display()))
+/// Opens the stdin FIFO for writing; the sandbox must have opened it for
+/// reading (retried for a while, as it may do so as the process starts).
+/// `None` when it never does (the container takes no input).
+pub async fn open_stdin(path: &Path) -> Result<Option<pipe::Sender>> {
+    for _ in 0..50 {
+        match pipe::OpenOptions::new().open_sender(path) {
+            Ok(s) => return Ok(Some(s)),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
+        }
+    }
+    Ok(None)
 }
 
 /// Opens an output FIFO now, before the sandbox does.
@@ -133,28 +143,52 @@ mod tests {
         assert!(tty.stdio().terminal);
     }
 
+    /// The sandbox's end of the stdin FIFO, opened as husk_shim::stdio does.
+    fn sandbox_stdin(f: &Fifos) -> pipe::Receiver {
+        pipe::OpenOptions::new().open_receiver(&f.stdin).unwrap()
+    }
+
+    async fn read_all(mut r: pipe::Receiver) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), r.read_to_end(&mut got))
+            .await
+            .expect("the container's stdin ends when ours does")
+            .unwrap();
+        got
+    }
+
     #[tokio::test]
-    async fn stdin_typed_early_reaches_the_sandbox_then_eof() {
+    async fn stdin_reaches_the_sandbox_then_eof() {
         let t = tempfile::tempdir().unwrap();
         let f = Fifos::create(t.path(), false).unwrap();
+        let theirs = sandbox_stdin(&f);
+        let ours = open_stdin(&f.stdin).await.unwrap().unwrap();
         let (mut user, source) = tokio::io::duplex(64);
-        let writer = tokio::spawn(copy_in(source, open_stdin(&f.stdin).unwrap()));
-        // Typed before the sandbox opened its end: kept in the pipe.
-        user.write_all(b"typed early\n").await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let mut theirs = pipe::OpenOptions::new().open_receiver(&f.stdin).unwrap();
-        user.write_all(b"and later\n").await.unwrap();
+        let writer = tokio::spawn(copy_in(source, ours));
+        user.write_all(b"typed\n").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        user.write_all(b"more\n").await.unwrap();
         drop(user);
-        let mut got = Vec::new();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            theirs.read_to_end(&mut got),
-        )
-        .await
-        .expect("EOF once our stdin ended")
-        .unwrap();
-        assert_eq!(got, b"typed early\nand later\n");
-        assert_eq!(writer.await.unwrap().unwrap(), 22);
+        assert_eq!(read_all(theirs).await, b"typed\nmore\n");
+        assert_eq!(writer.await.unwrap().unwrap(), 11);
+    }
+
+    #[tokio::test]
+    async fn empty_stdin_still_ends() {
+        // `husk run ... </dev/null`: the container reads EOF at once.
+        let t = tempfile::tempdir().unwrap();
+        let f = Fifos::create(t.path(), false).unwrap();
+        let theirs = sandbox_stdin(&f);
+        let ours = open_stdin(&f.stdin).await.unwrap().unwrap();
+        assert_eq!(copy_in(&b""[..], ours).await.unwrap(), 0);
+        assert_eq!(read_all(theirs).await, b"");
+    }
+
+    #[tokio::test]
+    async fn stdin_nobody_reads_is_skipped() {
+        let t = tempfile::tempdir().unwrap();
+        let f = Fifos::create(t.path(), false).unwrap();
+        assert!(open_stdin(&f.stdin).await.unwrap().is_none());
     }
 
     #[tokio::test]

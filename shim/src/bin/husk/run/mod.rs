@@ -164,8 +164,7 @@ async fn drive(sb: &dyn Sandbox, req: CreateRequest, io: &fifo::Fifos, tty: bool
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigwinch = signal(SignalKind::window_change())?;
-    // Our FIFO ends are open before the sandbox opens its ends.
-    let stdin = fifo::open_stdin(&io.stdin)?;
+    // Our output ends are open before the sandbox opens its ends.
     let stdout = fifo::open_output(&io.stdout)?;
     let mut outputs = vec![tokio::spawn(async move {
         fifo::copy_out(stdout, tokio::io::stdout()).await.map(drop)
@@ -176,7 +175,6 @@ async fn drive(sb: &dyn Sandbox, req: CreateRequest, io: &fifo::Fifos, tty: bool
             fifo::copy_out(stderr, tokio::io::stderr()).await.map(drop)
         }));
     }
-    tokio::spawn(fifo::copy_in(tokio::io::stdin(), stdin));
 
     sb.create(req).await.context("create the container")?;
     let _raw = if tty { tty::RawMode::enter() } else { None };
@@ -186,6 +184,10 @@ async fn drive(sb: &dyn Sandbox, req: CreateRequest, io: &fifo::Fifos, tty: bool
         }
     }
     sb.start(&id).await.context("start the container")?;
+    // Only now: the sandbox's reader must be there before our writer opens.
+    if let Some(stdin) = fifo::open_stdin(&io.stdin).await? {
+        tokio::spawn(fifo::copy_in(tokio::io::stdin(), stdin));
+    }
 
     let mut forwarded = false;
     let deadline = tokio::time::sleep(Duration::from_secs(365 * 86400));
