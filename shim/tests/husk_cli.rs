@@ -54,6 +54,13 @@ fn busybox_rootfs(dir: &Path) -> Option<PathBuf> {
     Some(root)
 }
 
+/// One `husk run` at a time: they share the `/husk-run` parent cgroup,
+/// whose removal is checked.
+fn run_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn runc_ready() -> bool {
     require(is_root(), "root")
         && require(find_on_path("runc").is_some(), "runc")
@@ -64,11 +71,13 @@ fn runc_ready() -> bool {
 }
 
 fn cgroup_exists(rel: &str) -> bool {
-    Path::new("/sys/fs/cgroup/memory").join(rel).exists()
-        || Path::new("/sys/fs/cgroup")
+    ["memory", "unified", "pids", ""].iter().any(|h| {
+        Path::new("/sys/fs/cgroup")
+            .join(h)
             .join(rel)
             .join("cgroup.procs")
             .exists()
+    })
 }
 
 /// Force-deletes the runc container `id` if a failed test left it running.
@@ -110,6 +119,8 @@ fn assert_nothing_left(e: &Env, id: &str) {
         !cgroup_exists(&format!("husk-run/{id}")),
         "cgroup of {id} left"
     );
+    // The runs are serialised (run_lock), so the shared parent must be gone too.
+    assert!(!cgroup_exists("husk-run"), "parent cgroup husk-run left");
     let runc_state = e.state.join("runc/husk-run").join(id);
     assert!(!runc_state.exists(), "runc state of {id} left");
 }
@@ -119,6 +130,7 @@ fn run_copies_stdio_and_returns_the_exit_code() {
     if !runc_ready() {
         return;
     }
+    let _l = run_lock();
     let e = env("runc", "");
     let rootfs = busybox_rootfs(e.dir.path()).unwrap();
     let id = format!("cli-run-{}", std::process::id());
@@ -156,6 +168,7 @@ fn empty_stdin_is_eof_in_the_container() {
     if !runc_ready() {
         return;
     }
+    let _l = run_lock();
     let e = env("runc", "");
     let rootfs = busybox_rootfs(e.dir.path()).unwrap();
     let id = format!("cli-null-{}", std::process::id());
@@ -209,6 +222,7 @@ fn sigterm_is_forwarded_and_a_second_one_kills() {
     if !runc_ready() {
         return;
     }
+    let _l = run_lock();
     let e = env("runc", "");
     let rootfs = busybox_rootfs(e.dir.path()).unwrap();
 

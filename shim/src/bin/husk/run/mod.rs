@@ -142,9 +142,14 @@ fn remove_runc_parents(cfg: &Config) {
     let Ok(mounts) = husk_shim::vm::mountinfo::read_self() else {
         return;
     };
-    for h in husk_shim::vm::podcg::hierarchies(&mounts) {
+    // Every cgroup mount, the hybrid host's unified one included (runc uses it).
+    let cgroup_mounts = mounts.iter().filter(|m| {
+        matches!(m.fs_type.as_str(), "cgroup" | "cgroup2")
+            && m.mount_point.starts_with("/sys/fs/cgroup")
+    });
+    for m in cgroup_mounts {
         // rmdir of a cgroup fails while it has children: then it is in use.
-        let _ = std::fs::remove_dir(h.mount_point.join(spec::NAMESPACE));
+        let _ = std::fs::remove_dir(m.mount_point.join(spec::NAMESPACE));
     }
 }
 
