@@ -346,7 +346,16 @@ fn cleanup_removes_dead_pods_and_keeps_live_ones() {
     std::fs::create_dir_all(&alive).unwrap();
     let fake_husk = e.dir.path().join("husk");
     std::fs::copy(find_on_path("sleep").unwrap(), &fake_husk).unwrap();
-    let mut owner = Command::new(&fake_husk).arg("100").spawn().unwrap();
+    // The copy may be "text file busy" for a moment if a parallel test forked.
+    let mut owner = (0..50)
+        .find_map(|_| match Command::new(&fake_husk).arg("100").spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+                None
+            }
+            r => Some(r.unwrap()),
+        })
+        .expect("fake husk stays text-file-busy");
     std::fs::write(
         alive.join("sandbox.json"),
         format!(r#"{{"id":"live-pod","shim_pid":{}}}"#, owner.id()),

@@ -170,6 +170,20 @@ fn missing_dir_is_fine_and_bad_pid_file_is_an_error() {
     assert!(t.path().exists(), "not removed after an error");
 }
 
+/// Spawns `cmd`, retrying while the just-copied executable is "text file
+/// busy" (another test thread forked while the copy's write fd was open).
+fn spawn(cmd: &mut Command) -> Child {
+    for _ in 0..50 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("{cmd:?} stays text-file-busy");
+}
+
 /// A copy of `bin` named `name` in `dir` (so /proc/<pid>/exe has that name).
 fn renamed(bin: &str, dir: &Path, name: &str) -> PathBuf {
     let src = husk_testutil::find_on_path(bin).unwrap();
@@ -193,7 +207,7 @@ fn pod_alive_follows_the_owner() {
     let shim = renamed("sleep", t.path(), "containerd-shim-husk-v2");
     let mut g = Guard {
         dir: pod.clone(),
-        children: vec![Command::new(&shim).arg("1000").spawn().unwrap()],
+        children: vec![spawn(Command::new(&shim).arg("1000"))],
     };
     let info = |shim_pid| SandboxInfo {
         id: "pod".into(),
@@ -222,14 +236,11 @@ fn pod_alive_before_sandbox_json_via_the_helpers_parent() {
     std::fs::create_dir(&pod).unwrap();
     // A "husk" process with a helper child, as a shim that is starting up.
     let husk = renamed("sh", t.path(), "husk");
-    let mut owner = Command::new(&husk)
-        .args([
-            "-c",
-            "sleep 1000 & echo $! > \"$0\"; wait",
-            &pod.join("child").to_string_lossy(),
-        ])
-        .spawn()
-        .unwrap();
+    let mut owner = spawn(Command::new(&husk).args([
+        "-c",
+        "sleep 1000 & echo $! > \"$0\"; wait",
+        &pod.join("child").to_string_lossy(),
+    ]));
     let child_file = pod.join("child");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let child = loop {
