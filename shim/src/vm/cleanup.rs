@@ -143,7 +143,7 @@ fn kill_helpers(dir: &Path) -> Result<Vec<(String, u32)>, CleanupError> {
         .map_err(|e| io("list", dir, e))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "pid"))
+        .filter(|p| is_helper_pidfile(p))
         .collect();
     files.sort();
     let mut killed = Vec::new();
@@ -216,7 +216,7 @@ pub fn pod_alive(dir: &Path) -> bool {
     };
     entries
         .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+        .filter(|e| is_helper_pidfile(&e.path()))
         .filter_map(|e| read_pidfile(&e.path()).ok().flatten())
         .filter(PidFile::is_running)
         .filter_map(|p| pf::stat(p.pid))
@@ -251,6 +251,16 @@ pub fn write_sandbox(dir: &Path, info: &SandboxInfo) -> Result<(), CleanupError>
     let text = serde_json::to_vec(info).expect("SandboxInfo serializes");
     std::fs::write(&tmp, text).map_err(|e| io("write", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| io("write", &path, e))
+}
+
+/// The pid files the shim writes for its helpers (virtiofsd also keeps a
+/// `<socket>.pid` lock file of its own, in another format).
+const HELPER_PIDFILES: [&str; 2] = ["vmm.pid", "virtiofsd.pid"];
+
+fn is_helper_pidfile(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| HELPER_PIDFILES.contains(&n))
 }
 
 /// Whether `pid` is a live process whose executable is a husk shim or CLI.

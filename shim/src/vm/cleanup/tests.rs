@@ -170,6 +170,17 @@ fn missing_dir_is_fine_and_bad_pid_file_is_an_error() {
     assert!(t.path().exists(), "not removed after an error");
 }
 
+#[test]
+fn virtiofsds_own_pid_file_is_not_ours() {
+    let t = tempfile::tempdir().unwrap();
+    let pod = t.path().join("pod");
+    std::fs::create_dir(&pod).unwrap();
+    // virtiofsd writes "<pid>\n" next to its socket; it is not a helper pid file.
+    std::fs::write(pod.join("fs.sock.pid"), "12345\n").unwrap();
+    teardown_dir(&pod).unwrap();
+    assert!(!pod.exists());
+}
+
 /// Spawns `cmd`, retrying while the just-copied executable is "text file
 /// busy" (another test thread forked while the copy's write fd was open).
 fn spawn(cmd: &mut Command) -> Child {

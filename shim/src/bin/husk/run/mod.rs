@@ -153,12 +153,9 @@ fn remove_runc_parents(cfg: &Config) {
     }
 }
 
-/// The microVM sandbox (contract: CONTRACTS-5.md).
+/// The microVM sandbox: the first create boots the pod's VM.
 fn vm_sandbox(cfg: &Config, id: &str, sink: EventSink) -> Result<Arc<dyn Sandbox>> {
-    // TODO(lead): enable once husk_shim::vm::VmSandbox is merged:
-    // Ok(Arc::new(husk_shim::vm::VmSandbox::new(cfg, spec::NAMESPACE, id, sink)?))
-    let _ = (cfg, id, sink);
-    bail!("vm mode is not wired into `husk run` in this build; use a config with mode = \"runc\"")
+    Ok(Arc::new(husk_shim::vm::VmSandbox::new(cfg, id, sink)?))
 }
 
 /// Create, attach stdio, start, wait (forwarding signals); returns the exit code.
