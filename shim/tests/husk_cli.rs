@@ -396,3 +396,98 @@ fn logs_prints_the_console_or_lists_pods() {
         "{err}"
     );
 }
+
+fn repo_file(env: &str, rel: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel));
+    p.is_file().then_some(p)
+}
+
+/// `HUSK_VMM`, else husk-vmm next to the husk binary (`cargo build -p husk-vmm`).
+fn vmm_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HUSK_VMM") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let p = Path::new(HUSK).parent()?.join("husk-vmm");
+    p.is_file().then_some(p)
+}
+
+/// `husk run` in vm mode: one real microVM (husk-vmm, virtiofsd, the guest
+/// kernel and agent) runs the container; stdio, exit code, and nothing of
+/// the pod is left afterwards.
+#[test]
+fn run_in_a_microvm() {
+    let kernel = repo_file("HUSK_GUEST_KERNEL", "target/guest/vmlinux");
+    let initrd = repo_file("HUSK_GUEST_INITRD", "target/guest/initrd.cpio");
+    let vmm = vmm_binary();
+    let virtiofsd = find_on_path("virtiofsd").or_else(|| {
+        let p = PathBuf::from(std::env::var_os("HOME")?).join(".cargo/bin/virtiofsd");
+        p.is_file().then_some(p)
+    });
+    if !(require(is_root(), "root")
+        && require(husk_testutil::kvm_available(), "/dev/kvm")
+        && require(kernel.is_some(), "guest kernel (guest-image/build.sh)")
+        && require(initrd.is_some(), "guest initrd (guest-image/build.sh)")
+        && require(vmm.is_some(), "husk-vmm (cargo build -p husk-vmm)")
+        && require(virtiofsd.is_some(), "virtiofsd")
+        && require(find_on_path("busybox").is_some(), "busybox"))
+    {
+        return;
+    }
+    let e = env(
+        "vm",
+        &format!(
+            "[vm]\nkernel = {:?}\ninitrd = {:?}\nvmm = {:?}\nvirtiofsd = {:?}\nboot_timeout_secs = 300\n",
+            kernel.unwrap(),
+            initrd.unwrap(),
+            vmm.unwrap(),
+            virtiofsd.unwrap()
+        ),
+    );
+    let rootfs = busybox_rootfs(e.dir.path()).unwrap();
+    let id = format!("cli-vm-{}", std::process::id());
+    let _l = run_lock();
+    let t0 = Instant::now();
+    let mut child = husk(&e.config, &["run", "--rootfs"])
+        .arg(&rootfs)
+        .args([
+            "--id",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; cat; exit 5",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin\n")
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(540));
+    eprintln!("husk run in a microVM took {:?}", t0.elapsed());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "out\nfrom stdin\n",
+        "{stderr}"
+    );
+    assert_eq!(stderr, "err\n");
+    assert_eq!(out.status.code(), Some(5));
+    assert!(!e.state.join(&id).exists(), "pod dir left");
+    assert!(!cgroup_exists(&format!("husk-run/{id}")), "pod cgroup left");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&id), "mount of the pod left");
+    let procs = Command::new("pgrep").args(["-f", &id]).output().unwrap();
+    assert!(
+        procs.stdout.is_empty(),
+        "process of the pod left: {:?}",
+        procs.stdout
+    );
+}
