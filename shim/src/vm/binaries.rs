@@ -38,6 +38,8 @@ fn search_dirs(extra_dirs: &[PathBuf]) -> Vec<PathBuf> {
         dirs.extend(std::env::split_paths(&path));
     }
     dirs.extend(extra_dirs.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    dirs.retain(|d| seen.insert(d.clone()));
     dirs
 }
 

@@ -223,6 +223,22 @@ pub fn pod_alive(dir: &Path) -> bool {
         .any(|st| is_owner(st.ppid))
 }
 
+/// Whether `dir` looks like a vm-mode pod directory (rather than a runc-mode
+/// sandbox directory, which holds only per-container directories).
+pub fn is_pod_dir(dir: &Path) -> bool {
+    const MARKERS: [&str; 6] = [
+        SANDBOX_FILE,
+        "vmm.pid",
+        "virtiofsd.pid",
+        super::podcg::STATE_FILE,
+        "shared",
+        "console.log",
+    ];
+    MARKERS
+        .iter()
+        .any(|m| dir.join(m).symlink_metadata().is_ok())
+}
+
 /// Reads `sandbox.json`, `None` when it is missing or unreadable.
 pub fn read_sandbox(dir: &Path) -> Option<SandboxInfo> {
     serde_json::from_slice(&std::fs::read(dir.join(SANDBOX_FILE)).ok()?).ok()

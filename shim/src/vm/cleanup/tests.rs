@@ -181,6 +181,20 @@ fn virtiofsds_own_pid_file_is_not_ours() {
     assert!(!pod.exists());
 }
 
+/// Spawns `cmd`, retrying while the just-copied executable is "text file
+/// busy" (another test thread forked while the copy's write fd was open).
+fn spawn(cmd: &mut Command) -> Child {
+    for _ in 0..50 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("{cmd:?} stays text-file-busy");
+}
+
 /// A copy of `bin` named `name` in `dir` (so /proc/<pid>/exe has that name).
 fn renamed(bin: &str, dir: &Path, name: &str) -> PathBuf {
     let src = husk_testutil::find_on_path(bin).unwrap();
@@ -197,17 +211,21 @@ fn pod_alive_follows_the_owner() {
     std::fs::create_dir(&pod).unwrap();
     assert!(!pod_alive(&t.path().join("missing")));
     assert!(!pod_alive(&pod));
+    assert!(!is_pod_dir(&pod));
+    std::fs::create_dir(pod.join("c1")).unwrap();
+    assert!(!is_pod_dir(&pod), "a runc-mode sandbox dir");
 
     let shim = renamed("sleep", t.path(), "containerd-shim-husk-v2");
     let mut g = Guard {
         dir: pod.clone(),
-        children: vec![Command::new(&shim).arg("1000").spawn().unwrap()],
+        children: vec![spawn(Command::new(&shim).arg("1000"))],
     };
     let info = |shim_pid| SandboxInfo {
         id: "pod".into(),
         shim_pid,
     };
     write_sandbox(&pod, &info(g.children[0].id())).unwrap();
+    assert!(is_pod_dir(&pod));
     assert!(pod_alive(&pod));
     assert_eq!(read_sandbox(&pod), Some(info(g.children[0].id())));
 
@@ -229,14 +247,11 @@ fn pod_alive_before_sandbox_json_via_the_helpers_parent() {
     std::fs::create_dir(&pod).unwrap();
     // A "husk" process with a helper child, as a shim that is starting up.
     let husk = renamed("sh", t.path(), "husk");
-    let mut owner = Command::new(&husk)
-        .args([
-            "-c",
-            "sleep 1000 & echo $! > \"$0\"; wait",
-            &pod.join("child").to_string_lossy(),
-        ])
-        .spawn()
-        .unwrap();
+    let mut owner = spawn(Command::new(&husk).args([
+        "-c",
+        "sleep 1000 & echo $! > \"$0\"; wait",
+        &pod.join("child").to_string_lossy(),
+    ]));
     let child_file = pod.join("child");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let child = loop {
