@@ -85,6 +85,12 @@ use_shim() {
 	mkdir -p "$run/bin"
 	ln -sfn "$bin" "$run/bin/containerd-shim-husk-v2"
 	[ -x "$bin" ] || log "warning: $bin is not built yet (cargo build${profile/debug/} -p husk-shim)"
+	# the VM configs name the husk-vmm next to the shim: follow the switch
+	local v
+	for v in "${versions[@]}"; do
+		[ -d "$run/containerd-$v" ] && write_husk_configs "$v"
+	done
+	return 0
 }
 
 write_husk_configs() {
@@ -99,10 +105,45 @@ write_husk_configs() {
 		binary = "$(command -v runc)"
 		root = "$d/husk-runc"
 	EOF
-	# microVM mode: the husk handler
-	cat >"$d/husk.toml" <<-EOF
+	# microVM mode: the husk handler, and two broken variants for the fault
+	# tests (husk-nokernel: a kernel path that does not exist; husk-noboot: a
+	# guest whose agent listens on another vsock port, so the shim's connect
+	# is never answered and the boot timeout must fire).
+	write_vm_config "$d/husk.toml" "$d" 120 "$repo/target/guest/vmlinux" ""
+	write_vm_config "$d/husk-nokernel.toml" "$d" 120 /nonexistent/vmlinux ""
+	write_vm_config "$d/husk-noboot.toml" "$d" 15 "$repo/target/guest/vmlinux" \
+		"-- --listen vsock:1999"
+}
+
+# The directory of the shim binary containerd runs: husk-vmm is built with
+# the same cargo profile next to it.
+shim_dir() {
+	local link="$run/bin/containerd-shim-husk-v2"
+	if [ -e "$link" ]; then dirname "$(readlink -f "$link")"; else echo "$target/debug"; fi
+}
+
+virtiofsd_path() {
+	command -v virtiofsd 2>/dev/null || {
+		[ -x /usr/libexec/virtiofsd ] && echo /usr/libexec/virtiofsd
+	} || echo "$HOME/.cargo/bin/virtiofsd"
+}
+
+# write_vm_config <file> <containerd dir> <boot timeout s> <kernel> <kernel params>
+write_vm_config() {
+	local f=$1 d=$2 timeout=$3 kernel=$4 params=$5
+	cat >"$f" <<-EOF
 		mode = "vm"
+		log_level = "debug"
 		state_root = "$d/husk"
+
+		[vm]
+		vmm = "$(shim_dir)/husk-vmm"
+		virtiofsd = "$(virtiofsd_path)"
+		kernel = "$kernel"
+		initrd = "$repo/target/guest/initrd.cpio"
+		mem_mib = 256
+		boot_timeout_secs = $timeout
+		kernel_params = "$params"
 	EOF
 }
 
@@ -177,6 +218,14 @@ write_config_16() {
 		  runtime_type = "io.containerd.husk.v2"
 		[$rt.husk-runc.options]
 		  ConfigPath = "$d/husk-runc.toml"
+		[$rt.husk-nokernel]
+		  runtime_type = "io.containerd.husk.v2"
+		[$rt.husk-nokernel.options]
+		  ConfigPath = "$d/husk-nokernel.toml"
+		[$rt.husk-noboot]
+		  runtime_type = "io.containerd.husk.v2"
+		[$rt.husk-noboot.options]
+		  ConfigPath = "$d/husk-noboot.toml"
 	EOF
 }
 
@@ -227,6 +276,14 @@ write_config_2() {
 		  runtime_type = "io.containerd.husk.v2"
 		[$rt.husk-runc.options]
 		  ConfigPath = "$d/husk-runc.toml"
+		[$rt.husk-nokernel]
+		  runtime_type = "io.containerd.husk.v2"
+		[$rt.husk-nokernel.options]
+		  ConfigPath = "$d/husk-nokernel.toml"
+		[$rt.husk-noboot]
+		  runtime_type = "io.containerd.husk.v2"
+		[$rt.husk-noboot.options]
+		  ConfigPath = "$d/husk-noboot.toml"
 	EOF
 }
 

@@ -27,6 +27,12 @@ pub struct Cri {
 impl Cri {
     /// Connects to the CRI plugin at containerd's `socket`.
     pub fn connect(socket: &Path) -> Result<Self> {
+        Self::connect_with_timeout(socket, CRI_TIMEOUT)
+    }
+
+    /// Connects with `timeout` per call (a microVM pod's RunPodSandbox
+    /// waits for the guest to boot).
+    pub fn connect_with_timeout(socket: &Path, timeout: Duration) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -34,7 +40,7 @@ impl Cri {
         let channel = rt
             .block_on(
                 Endpoint::try_from("http://[::]:50051")?
-                    .timeout(CRI_TIMEOUT)
+                    .timeout(timeout)
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let socket = socket.clone();
                         async move {
