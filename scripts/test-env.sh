@@ -109,9 +109,12 @@ write_husk_configs() {
 	# tests (husk-nokernel: a kernel path that does not exist; husk-noboot: a
 	# guest whose agent listens on another vsock port, so the shim's connect
 	# is never answered and the boot timeout must fire).
-	write_vm_config "$d/husk.toml" "$d" 120 "$repo/target/guest/vmlinux" ""
-	write_vm_config "$d/husk-nokernel.toml" "$d" 120 /nonexistent/vmlinux ""
-	write_vm_config "$d/husk-noboot.toml" "$d" 15 "$repo/target/guest/vmlinux" \
+	# state_root is short: a CRI sandbox id has 64 characters, and
+	# <state_root>/<id>/vsock.sock must fit a unix socket path (107 bytes).
+	local s="$run/vm-$v"
+	write_vm_config "$d/husk.toml" "$s" 120 "$repo/target/guest/vmlinux" ""
+	write_vm_config "$d/husk-nokernel.toml" "$s" 120 /nonexistent/vmlinux ""
+	write_vm_config "$d/husk-noboot.toml" "$s" 15 "$repo/target/guest/vmlinux" \
 		"-- --listen vsock:1999"
 }
 
@@ -128,13 +131,13 @@ virtiofsd_path() {
 	} || echo "$HOME/.cargo/bin/virtiofsd"
 }
 
-# write_vm_config <file> <containerd dir> <boot timeout s> <kernel> <kernel params>
+# write_vm_config <file> <state root> <boot timeout s> <kernel> <kernel params>
 write_vm_config() {
-	local f=$1 d=$2 timeout=$3 kernel=$4 params=$5
+	local f=$1 state=$2 timeout=$3 kernel=$4 params=$5
 	cat >"$f" <<-EOF
 		mode = "vm"
 		log_level = "debug"
-		state_root = "$d/husk"
+		state_root = "$state"
 
 		[vm]
 		vmm = "$(shim_dir)/husk-vmm"

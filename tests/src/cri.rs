@@ -80,6 +80,19 @@ impl Cri {
         Ok(r.pod_sandbox_id)
     }
 
+    /// Ids of the pod sandboxes whose metadata name is `name`.
+    pub fn pods_named(&self, name: &str) -> Result<Vec<String>> {
+        let req = ListPodSandboxRequest { filter: None };
+        let r = self
+            .call(|mut c| async move { c.list_pod_sandbox(req).await })
+            .context("ListPodSandbox")?;
+        Ok(r.items
+            .into_iter()
+            .filter(|p| p.metadata.as_ref().is_some_and(|m| m.name == name))
+            .map(|p| p.id)
+            .collect())
+    }
+
     /// StopPodSandbox.
     pub fn stop_pod(&self, id: &str) -> Result<()> {
         let req = StopPodSandboxRequest {

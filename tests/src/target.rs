@@ -130,10 +130,15 @@ impl Target {
         self.containerd.dir().join(file)
     }
 
-    /// husk's `state_root` in test-env.sh's configs (both modes): vm mode
-    /// keeps each pod's directory there (`<state_root>/<sandbox-id>/`).
+    /// husk's `state_root` in test-env.sh's config for this mode. vm mode
+    /// keeps each pod's directory there (`<state_root>/<sandbox-id>/`, with
+    /// unix sockets in it: hence the short path).
     pub fn husk_state_root(self) -> PathBuf {
-        self.containerd.dir().join("husk")
+        if self.runtime.is_vm() {
+            PathBuf::from(TEST_RUN_DIR).join(format!("vm-{}", self.containerd.label()))
+        } else {
+            self.containerd.dir().join("husk")
+        }
     }
 
     /// The directories where runc (containerd's runc root, husk's runc
@@ -141,7 +146,12 @@ impl Target {
     /// test may be left in them (as `<dir>/<id>` or `<dir>/<namespace>/<id>`).
     pub fn state_roots(self) -> Vec<PathBuf> {
         let d = self.containerd.dir();
-        vec![d.join("runc"), d.join("husk-runc"), d.join("husk")]
+        vec![
+            d.join("runc"),
+            d.join("husk-runc"),
+            d.join("husk"),
+            PathBuf::from(TEST_RUN_DIR).join(format!("vm-{}", self.containerd.label())),
+        ]
     }
 
     /// Runtime flags for `ctr run`.
@@ -206,5 +216,9 @@ mod tests {
         assert!(t.ctr_runtime_args()[3].ends_with("containerd-1.6/husk.toml"));
         assert!(t.runtime.is_husk() && t.runtime.is_vm());
         assert!(!Runtime::HuskRunc.is_vm());
+        // a 64-character CRI sandbox id plus /vsock.sock fits a unix socket path
+        let sock = t.husk_state_root().join("a".repeat(64)).join("vsock.sock");
+        assert!(sock.as_os_str().len() < 108, "{}", sock.display());
+        assert!(t.state_roots().contains(&t.husk_state_root()));
     }
 }

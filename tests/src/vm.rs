@@ -174,18 +174,26 @@ pub fn host_boot_id() -> Result<String> {
         .to_string())
 }
 
-/// Everything of husk's microVM pods on the host right now, one line per
-/// piece: the husk processes ([`POD_PROCESSES`]: pid and command line), the
-/// mounts under `state_root`, and the entries of `state_root`. Comparing two
-/// snapshots shows what a pod left whose id the test never learnt (a
-/// RunPodSandbox that failed).
-pub fn pieces(state_root: &Path) -> BTreeSet<String> {
+/// Everything of husk's microVM pods under one containerd right now, one
+/// line per piece: the husk processes ([`POD_PROCESSES`], pid and command
+/// line) whose command line names `state_root` (husk-vmm, virtiofsd) or the
+/// containerd's `socket` (the shim), the mounts under `state_root`, and the
+/// entries of `state_root`. Comparing two snapshots shows what a pod left
+/// whose id the test never learnt (a RunPodSandbox that failed).
+pub fn pieces(state_root: &Path, socket: &Path) -> BTreeSet<String> {
     let mut set = BTreeSet::new();
+    let names = [
+        state_root.display().to_string(),
+        socket.display().to_string(),
+    ];
     for pid in all_pids() {
-        if let Some(exe) = exe_name(pid) {
-            if POD_PROCESSES.contains(&exe.as_str()) {
-                set.insert(format!("process {pid} `{}`", cmdline(pid).trim()));
-            }
+        let Some(exe) = exe_name(pid) else { continue };
+        if !POD_PROCESSES.contains(&exe.as_str()) {
+            continue;
+        }
+        let line = cmdline(pid);
+        if names.iter().any(|n| line.contains(n.as_str())) {
+            set.insert(format!("process {pid} `{}`", line.trim()));
         }
     }
     let table = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -246,9 +254,10 @@ mod tests {
     fn snapshot_difference_lists_only_new_pieces() {
         let root = std::env::temp_dir().join(format!("husk-e2e-pieces-{}", std::process::id()));
         fs::create_dir_all(&root).unwrap();
-        let before = pieces(&root);
+        let sock = root.join("containerd.sock");
+        let before = pieces(&root, &sock);
         fs::create_dir(root.join("pod1")).unwrap();
-        let after = pieces(&root);
+        let after = pieces(&root, &sock);
         fs::remove_dir_all(&root).unwrap();
         let new = new_pieces(&before, &after);
         assert_eq!(new, [format!("state {}", root.join("pod1").display())]);

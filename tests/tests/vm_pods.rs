@@ -530,37 +530,44 @@ fn shim_killed(case: &mut Case) -> Result<()> {
 }
 vm_matrix!(shim_killed);
 
-/// A RunPodSandbox with `handler` must fail; returns (message, time taken),
-/// and checks that it left no husk process, mount or pod directory.
-fn failed_pod(case: &mut Case, handler: &str) -> Result<(String, Duration)> {
+/// A RunPodSandbox with `handler` must fail within `deadline`; returns
+/// (message, time taken), and checks that it left no husk process, mount
+/// or pod directory.
+fn failed_pod(case: &mut Case, handler: &str, deadline: Duration) -> Result<(String, Duration)> {
     let root = case.target.husk_state_root();
-    let before = vm::pieces(&root);
-    let cri = case.cri()?;
+    let socket = case.target.containerd.socket();
+    let before = vm::pieces(&root, &socket);
+    // the call's own deadline: a hung RunPodSandbox fails the test, not CI
+    let cri = Cri::connect_with_timeout(&socket, deadline)?;
     let pod_cfg = vm_pod_config(case, None);
+    let name = pod_cfg
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
     let t0 = Instant::now();
     let result = cri.run_pod(&pod_cfg, handler);
     let took = t0.elapsed();
+    // whatever happened, the CRI must not keep the pod
+    if let Some(pod) = cri.pods_named(&name)?.into_iter().next() {
+        // tracked: the case's cleanup (through its CRI client) removes it
+        case.cri()?;
+        case.track_pod(&pod);
+        bail!("RunPodSandbox with handler {handler} left pod {pod} ({result:?})");
+    }
     let msg = match result {
-        Ok(pod) => {
-            case.track_pod(&pod);
-            bail!("RunPodSandbox with handler {handler} succeeded: {pod}");
-        }
+        Ok(pod) => bail!("RunPodSandbox with handler {handler} succeeded: {pod}"),
         Err(e) => format!("{e:#}"),
     };
+    eprintln!("RunPodSandbox with {handler} failed after {took:?}: {msg}");
+    let left = || vm::new_pieces(&before, &vm::pieces(&root, &socket));
     let settled = poll(
         Duration::from_secs(30),
         "the failed pod's pieces to go",
-        || {
-            Ok(vm::new_pieces(&before, &vm::pieces(&root))
-                .is_empty()
-                .then_some(()))
-        },
+        || Ok(left().is_empty().then_some(())),
     );
     if settled.is_err() {
-        bail!(
-            "the failed pod left:\n  {}",
-            vm::new_pieces(&before, &vm::pieces(&root)).join("\n  ")
-        );
+        bail!("the failed pod left:\n  {}", left().join("\n  "));
     }
     Ok((msg, took))
 }
@@ -571,7 +578,7 @@ fn missing_kernel(case: &mut Case) -> Result<()> {
     if !vm::requirements_met(case.target) {
         return Ok(());
     }
-    let (msg, took) = failed_pod(case, "husk-nokernel")?;
+    let (msg, took) = failed_pod(case, "husk-nokernel", Duration::from_secs(60))?;
     ensure!(
         msg.contains("/nonexistent/vmlinux"),
         "message does not name the kernel: {msg}"
@@ -592,8 +599,8 @@ fn vm_never_answers(case: &mut Case) -> Result<()> {
     let secs: u64 = vm::setting(&text, "boot_timeout_secs")
         .and_then(|s| s.parse().ok())
         .context("boot_timeout_secs in husk-noboot.toml")?;
-    let (msg, took) = failed_pod(case, "husk-noboot")?;
     let timeout = Duration::from_secs(secs);
+    let (msg, took) = failed_pod(case, "husk-noboot", timeout + Duration::from_secs(90))?;
     ensure!(
         took >= timeout && took <= timeout + Duration::from_secs(45),
         "failed after {took:?}, boot timeout {timeout:?}: {msg}"
