@@ -156,3 +156,44 @@ async fn close_stdin_rpc_delivers_eof_while_attached() {
     drop(input);
     remove(&mut c, "cl").await;
 }
+
+#[tokio::test]
+async fn bind_mounts_from_the_share_read_and_write_host_files() {
+    if !requirements_met() {
+        return;
+    }
+    let agent = Agent::start();
+    let mut c = agent.client().await;
+    let dir = agent.share.join("bm/mounts/0");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("in.txt"), "from-host\n").unwrap();
+    let file = agent.share.join("bm/mounts/1");
+    std::fs::write(&file, "").unwrap();
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "cat /data/in.txt; echo dir-write > /data/out.txt; echo file-write > /etc/one.txt",
+    ]);
+    let mounts: Vec<oci_spec::runtime::Mount> = serde_json::from_str(
+        r#"[{"destination":"/data","type":"bind","source":"bm/mounts/0","options":["rbind","rw"]},
+            {"destination":"/etc/one.txt","type":"bind","source":"bm/mounts/1","options":["bind"]}]"#,
+    )
+    .unwrap();
+    let mut all = s.mounts().clone().unwrap_or_default();
+    all.extend(mounts);
+    s.set_mounts(Some(all));
+    let r = run(&agent, &mut c, "bm", &s).await;
+    assert_eq!(
+        r.exit.exit_code,
+        0,
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(r.out(), "from-host\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out.txt")).unwrap(),
+        "dir-write\n"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "file-write\n");
+    remove(&mut c, "bm").await;
+}

@@ -12,3 +12,4 @@ pub mod sandbox;
 pub mod service;
 pub mod spec;
 pub mod stdio;
+pub mod vm;

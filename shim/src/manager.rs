@@ -146,6 +146,9 @@ impl Shim for HuskShim {
         if let Err(e) = crate::runc::cleanup_bundle(&self.bundle, &self.flags_id).await {
             eprintln!("husk: cleanup of {}: {e}", self.flags_id);
         }
+        if let Err(e) = crate::vm::cleanup_bundle(&self.bundle) {
+            eprintln!("husk: cleanup of {}: {e}", self.flags_id);
+        }
         Ok(DeleteResponse {
             pid: 0,
             exit_status: 137,
@@ -189,15 +192,16 @@ impl Shim for HuskShim {
             if let (Some(log), false) = (&log, debug) {
                 log.set(&cfg.log_level);
             }
-            let dir = cfg.state_root.join(&sandbox_id);
             match cfg.mode {
                 crate::config::Mode::Runc => {
+                    let dir = cfg.state_root.join(&sandbox_id);
                     let sb = crate::runc::RuncSandbox::new(&cfg.runc, &namespace, dir, sink)?;
                     Ok(Arc::new(sb) as Arc<dyn crate::sandbox::Sandbox>)
                 }
-                crate::config::Mode::Vm => Err(crate::sandbox::SandboxError::FailedPrecondition(
-                    "vm mode not available yet; set mode = \"runc\"".into(),
-                )),
+                crate::config::Mode::Vm => {
+                    let sb = crate::vm::VmSandbox::new(cfg, &sandbox_id, sink)?;
+                    Ok(Arc::new(sb) as Arc<dyn crate::sandbox::Sandbox>)
+                }
             }
         });
         Tasks(Arc::new(TaskService::new(

@@ -33,7 +33,10 @@ impl Engine {
         let _reservation = self.reserve(id)?;
         let rootfs = self.share.resolve(&req.rootfs, true)?;
         let cgroup2 = self.cgroups.version() == "v2";
-        let plan = container_plan(&spec, rootfs.real, &self.share, cgroup2)?;
+        let mut plan = container_plan(&spec, rootfs.real, &self.share, cgroup2)?;
+        plan.rootfs
+            .detach_bind_sources()
+            .map_err(|e| EngineError::Io("clone a bind-mount source (open_tree)".into(), e))?;
         let mut stdio_req = req.stdio.unwrap_or_default();
         stdio_req.terminal |= plan.terminal;
         let (stdio, io) = ProcIo::create(&stdio_req)?;

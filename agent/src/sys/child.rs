@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use caps::CapSet;
 
-use super::fs::{cstr, fd_path, mkdir_in_root, openat2};
+use super::fs::{attach_tree, cstr, fd_path, mkdir_in_root, openat2};
 use super::plan::{ChildPlan, MountKind, ProcessPlan, RootfsPlan, StdioPlan};
 use super::pty::{open_pty, resize, send_fd};
 use super::seccomp;
@@ -235,10 +235,10 @@ fn mount_one(root: std::os::fd::BorrowedFd<'_>, m: &super::plan::MountPlan) -> R
     let data = CString::new(m.data.clone()).map_err(|_| "mount data has NUL".to_string())?;
     let data = (!m.data.is_empty()).then_some(data.as_c_str());
     match &m.kind {
-        MountKind::Bind { src, recursive, .. } => {
-            let spath = c(&fd_path(src))?;
-            let rec = if *recursive { libc::MS_REC } else { 0 };
-            mount(Some(&spath), &tpath, None, libc::MS_BIND | rec, None)?;
+        MountKind::Bind { src, .. } => {
+            // src is a detached tree (see plan::MountKind::Bind).
+            attach_tree(src.as_fd(), target.as_fd())
+                .map_err(|e| format!("bind mount onto {:?}: {e}", m.dest))?;
             let extra = m.flags & !(libc::MS_BIND | libc::MS_REC);
             if extra != 0 {
                 // The remount must name the new mount, not the covered dir.

@@ -34,6 +34,50 @@ pub fn openat2(dir: BorrowedFd<'_>, path: &Path, flags: i32, resolve: u64) -> io
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// open_tree(2) flags and move_mount(2) flags (linux/mount.h; not in libc).
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+/// A detached copy (open_tree OPEN_TREE_CLONE) of the mount at `fd`, with
+/// its submounts when `recursive`. A child in a new mount namespace cannot
+/// bind-mount from an fd of the agent's namespace (EINVAL), but it can
+/// attach a detached tree with [`attach_tree`].
+pub fn clone_tree(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<OwnedFd> {
+    let mut flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: fd is a live descriptor and "" a NUL-terminated string; the
+    // kernel returns a new fd or -1.
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: tree is a new descriptor returned by open_tree, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(tree as i32) })
+}
+
+/// Mounts the detached tree `tree` onto the object `target` refers to.
+pub fn attach_tree(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both fds are live and both paths the empty NUL-terminated string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `/proc/self/fd/N`: the path form of an fd, usable as a mount source or
 /// target (the kernel follows the magic link to the exact object).
 pub fn fd_path(fd: &OwnedFd) -> PathBuf {

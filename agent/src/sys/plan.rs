@@ -2,7 +2,7 @@
 //! child only executes the plan (no parsing, no decisions after fork).
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,7 +22,8 @@ pub struct MountPlan {
 }
 
 pub enum MountKind {
-    /// A bind mount; `src` is an O_PATH fd resolved inside the share.
+    /// A bind mount; `src` is an O_PATH fd resolved inside the share, then
+    /// (see [`RootfsPlan::detach_bind_sources`]) a detached copy of it.
     Bind {
         src: OwnedFd,
         recursive: bool,
@@ -30,6 +31,20 @@ pub enum MountKind {
     },
     /// A filesystem mount (proc, sysfs, tmpfs, devpts, mqueue, cgroup2).
     Fs { fstype: String, source: String },
+}
+
+impl RootfsPlan {
+    /// Turns every bind source into a detached mount tree, the only form a
+    /// child in its new mount namespace can mount (a bind from an fd of the
+    /// agent's namespace fails with EINVAL).
+    pub fn detach_bind_sources(&mut self) -> std::io::Result<()> {
+        for m in &mut self.mounts {
+            if let MountKind::Bind { src, recursive, .. } = &mut m.kind {
+                *src = super::fs::clone_tree(src.as_fd(), *recursive)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A device node of `linux.devices`.

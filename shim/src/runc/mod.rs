@@ -1,7 +1,7 @@
 //! Host runc mode: containers run directly on the host through a
 //! runc-CLI compatible binary (runc, crun).
 
-mod bundle;
+pub mod bundle;
 mod cli;
 mod process;
 
@@ -94,11 +94,7 @@ impl RuncSandbox {
     }
 
     fn with<T>(&self, id: &str, f: impl FnOnce(&mut Container) -> Result<T>) -> Result<T> {
-        let mut map = self.lock();
-        let c = map
-            .get_mut(id)
-            .ok_or_else(|| SandboxError::NotFound(format!("container {id} not found")))?;
-        f(c)
+        crate::sandbox::with_container(&mut self.lock(), id, f)
     }
 
     fn with_process<T>(
@@ -107,12 +103,7 @@ impl RuncSandbox {
         exec_id: Option<&str>,
         f: impl FnOnce(&mut HostProcess) -> Result<T>,
     ) -> Result<T> {
-        self.with(id, |c| match exec_id {
-            None => f(&mut c.init),
-            Some(e) => f(c.execs.get_mut(e).ok_or_else(|| {
-                SandboxError::NotFound(format!("exec {e} not found in container {id}"))
-            })?),
-        })
+        crate::sandbox::with_process(&mut self.lock(), id, exec_id, f)
     }
 
     async fn create_inner(
@@ -462,3 +453,13 @@ pub type SharedSandbox = Arc<dyn Sandbox>;
 
 #[cfg(test)]
 mod tests;
+
+impl crate::sandbox::Processes for Container {
+    type Process = HostProcess;
+    fn init_mut(&mut self) -> &mut HostProcess {
+        &mut self.init
+    }
+    fn exec_mut(&mut self, exec_id: &str) -> Option<&mut HostProcess> {
+        self.execs.get_mut(exec_id)
+    }
+}

@@ -147,6 +147,40 @@ pub trait Sandbox: Send + Sync {
     async fn shutdown(&self) -> Result<()>;
 }
 
+/// A container as a sandbox keeps it: an init process and exec processes.
+pub trait Processes {
+    type Process;
+    fn init_mut(&mut self) -> &mut Self::Process;
+    fn exec_mut(&mut self, exec_id: &str) -> Option<&mut Self::Process>;
+}
+
+/// Runs `f` on container `id` of `map`; NotFound when there is none.
+pub fn with_container<C, T>(
+    map: &mut std::collections::HashMap<String, C>,
+    id: &str,
+    f: impl FnOnce(&mut C) -> Result<T>,
+) -> Result<T> {
+    let c = map
+        .get_mut(id)
+        .ok_or_else(|| SandboxError::NotFound(format!("container {id} not found")))?;
+    f(c)
+}
+
+/// Runs `f` on the init (`exec_id` None) or an exec process of container `id`.
+pub fn with_process<C: Processes, T>(
+    map: &mut std::collections::HashMap<String, C>,
+    id: &str,
+    exec_id: Option<&str>,
+    f: impl FnOnce(&mut C::Process) -> Result<T>,
+) -> Result<T> {
+    with_container(map, id, |c| match exec_id {
+        None => f(c.init_mut()),
+        Some(e) => f(c.exec_mut(e).ok_or_else(|| {
+            SandboxError::NotFound(format!("exec {e} not found in container {id}"))
+        })?),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

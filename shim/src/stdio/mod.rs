@@ -222,6 +222,46 @@ impl IoCopy {
         })
     }
 
+    /// Copies between the FIFOs (or `file://` logs) and byte streams of a
+    /// process that runs elsewhere (the guest agent's stdio streams).
+    pub fn streams(paths: [&str; 3], process: ProcessStreams) -> Result<IoCopy, StdioError> {
+        let (close_tx, close_rx) = watch::channel(false);
+        let mut outputs = Vec::new();
+        let mut input = None;
+        if let (false, Some(w)) = (paths[0].is_empty(), process.stdin) {
+            let fifo = open_fifo_receiver(paths[0])?;
+            input = Some(spawn_input(fifo, w, close_rx));
+        }
+        for (path, from, what) in [
+            (paths[1], process.stdout, "stdout"),
+            (paths[2], process.stderr, "stderr"),
+        ] {
+            let (false, Some(from)) = (path.is_empty(), from) else {
+                continue;
+            };
+            if let Some(file) = path.strip_prefix("file://") {
+                let f = tokio::fs::File::from_std(std::fs::File::from(open_log_file(file)?));
+                outputs.push(spawn_output(from, f, what));
+                continue;
+            }
+            if path.contains("://") {
+                return Err(StdioError::Unsupported(path.to_string()));
+            }
+            outputs.push(spawn_output(from, open_fifo_sender(path)?, what));
+        }
+        Ok(IoCopy {
+            close_stdin: close_tx,
+            outputs,
+            input,
+        })
+    }
+
+    /// Hands the output copies to a waiter (e.g. the exit watcher), which
+    /// then owns draining them.
+    pub fn take_outputs(&mut self) -> OutputCopies {
+        OutputCopies(std::mem::take(&mut self.outputs))
+    }
+
     /// Closes the process's stdin after delivering what was written so far.
     pub fn close_stdin(&self) {
         let _ = self.close_stdin.send(true);
@@ -238,6 +278,27 @@ impl IoCopy {
             h.abort();
         }
         if let Some(h) = self.input.take() {
+            h.abort();
+        }
+    }
+}
+
+/// The streams of a process running elsewhere (`None` = not wired).
+#[derive(Default)]
+pub struct ProcessStreams {
+    pub stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    pub stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    pub stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
+}
+
+/// Output copies taken out of an [`IoCopy`].
+pub struct OutputCopies(Vec<JoinHandle<()>>);
+
+impl OutputCopies {
+    /// Waits (at most `limit`) until the copies reach EOF, then stops the rest.
+    pub async fn finish(mut self, limit: std::time::Duration) {
+        let _ = tokio::time::timeout(limit, futures_join(&mut self.0)).await;
+        for h in self.0.drain(..) {
             h.abort();
         }
     }

@@ -1,0 +1,255 @@
+//! A running pod VM: its processes, the agent client, and its death.
+//!
+//! One task owns the exit of husk-vmm and of virtiofsd. When either dies
+//! unexpectedly the other is killed and `dead` carries the reason: every
+//! process of the pod then reports an error exit (see [`super::process`]).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use husk_agent_api::pb::agent_client::AgentClient;
+use husk_agent_api::pb::{self, Empty};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use super::launch::{self, PodPaths, Sizing};
+use super::podcg::{PodCgroup, PodCgroupError};
+use crate::config::VmConfig;
+use crate::sandbox::{ExitStatus, SandboxError};
+
+/// How long a Shutdown may take before husk-vmm is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The VM of one pod.
+pub struct PodVm {
+    pub agent: AgentClient<Channel>,
+    pub paths: PodPaths,
+    vmm_pid: u32,
+    fsd_pid: u32,
+    /// Set when the VM stops; the reason, for error messages.
+    pub dead: watch::Receiver<Option<String>>,
+    /// husk-vmm's exit, once it has happened.
+    vmm_done: watch::Receiver<Option<ExitStatus>>,
+    fsd_done: watch::Receiver<Option<ExitStatus>>,
+    stopping: watch::Sender<bool>,
+    cgroup: Option<PodCgroup>,
+}
+
+/// What starting the VM needs besides the config.
+pub struct BootRequest<'a> {
+    pub cfg: &'a VmConfig,
+    pub vmm: &'a Path,
+    pub virtiofsd: &'a Path,
+    pub paths: PodPaths,
+    pub size: Sizing,
+    /// The pod's host cgroup (cgroupsPath of its first container), if any.
+    pub cgroups_path: Option<String>,
+    pub config_hint: String,
+}
+
+/// A watch that turns `Some` when the process exits.
+fn watch_exit(
+    rx: tokio::sync::oneshot::Receiver<ExitStatus>,
+) -> watch::Receiver<Option<ExitStatus>> {
+    let (tx, out) = watch::channel(None);
+    tokio::spawn(async move {
+        if let Ok(s) = rx.await {
+            tx.send_replace(Some(s));
+        }
+    });
+    out
+}
+
+fn sigkill(pid: u32) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+}
+
+impl PodVm {
+    /// Starts virtiofsd and husk-vmm and waits for the agent. On failure
+    /// everything started is stopped again (the caller removes the dir).
+    pub async fn boot(req: BootRequest<'_>) -> Result<PodVm, SandboxError> {
+        let paths = req.paths.clone();
+        let mut cgroup = match &req.cgroups_path {
+            Some(p) if !p.is_empty() => Some(PodCgroup::create(p).map_err(|e| match e {
+                PodCgroupError::Unsupported(_) => SandboxError::FailedPrecondition(e.to_string()),
+                _ => SandboxError::Internal(format!("pod cgroup {p}: {e}")),
+            })?),
+            _ => None,
+        };
+        if let Some(cg) = &mut cgroup {
+            cg.save(&paths.dir)
+                .map_err(|e| SandboxError::Internal(format!("save pod cgroup: {e}")))?;
+            if let Err(e) = cg.enter_self() {
+                tracing::warn!("cannot move the shim into the pod cgroup: {e}");
+            }
+        }
+        let t0 = Instant::now();
+        let fsd = match launch::start_virtiofsd(req.cfg, req.virtiofsd, &paths).await {
+            Ok(f) => f,
+            Err(e) => {
+                release_cgroup(&cgroup);
+                return Err(e);
+            }
+        };
+        tracing::info!("vm phase=virtiofsd ms={}", t0.elapsed().as_millis());
+        let t1 = Instant::now();
+        let vmm = match launch::start_vmm(req.cfg, req.vmm, &paths, req.size) {
+            Ok(v) => v,
+            Err(e) => {
+                sigkill(fsd.pid);
+                release_cgroup(&cgroup);
+                return Err(e);
+            }
+        };
+        if let Some(cg) = &cgroup {
+            for pid in [fsd.pid, vmm.pid] {
+                if let Err(e) = cg.add(pid) {
+                    tracing::warn!("cannot move {pid} into the pod cgroup: {e}");
+                }
+            }
+        }
+        let (fsd_pid, vmm_pid) = (fsd.pid, vmm.pid);
+        let mut vmm_exit = vmm.exit;
+        let timeout = Duration::from_secs(req.cfg.boot_timeout_secs.max(1));
+        let connected =
+            launch::connect_agent(&paths, t1, &mut vmm_exit, timeout, &req.config_hint).await;
+        let (agent, times) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                sigkill(vmm_pid);
+                sigkill(fsd_pid);
+                let _ = tokio::time::timeout(Duration::from_secs(5), vmm_exit).await;
+                let mut fx = fsd.exit;
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut fx).await;
+                release_cgroup(&cgroup);
+                return Err(e);
+            }
+        };
+        times.log();
+        let vmm_done = watch_exit(vmm_exit);
+        let fsd_done = watch_exit(fsd.exit);
+        let (dead_tx, dead) = watch::channel(None);
+        let (stopping, stop_rx) = watch::channel(false);
+        tokio::spawn(supervise(
+            vmm_done.clone(),
+            fsd_done.clone(),
+            stop_rx,
+            dead_tx,
+            vmm_pid,
+            fsd_pid,
+        ));
+        Ok(PodVm {
+            agent,
+            paths,
+            vmm_pid,
+            fsd_pid,
+            dead,
+            vmm_done,
+            fsd_done,
+            stopping,
+            cgroup,
+        })
+    }
+
+    /// The reason the VM is gone, if it is.
+    pub fn dead_reason(&self) -> Option<String> {
+        self.dead.borrow().clone()
+    }
+
+    /// A client for one call.
+    pub fn agent(&self) -> AgentClient<Channel> {
+        self.agent.clone()
+    }
+
+    /// Sets the pod up in the guest from its first container's spec.
+    pub async fn create_sandbox(&self, spec: &Spec) -> Result<(), SandboxError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let req = pb::CreateSandboxRequest {
+            hostname: spec.hostname().clone().unwrap_or_default(),
+            realtime_ns: now.as_nanos() as u64,
+            ..Default::default()
+        };
+        self.agent()
+            .create_sandbox(req)
+            .await
+            .map_err(|s| super::agent_error(s, self))?;
+        Ok(())
+    }
+
+    /// Stops the VM (agent Shutdown, then SIGKILL after a grace period) and
+    /// virtiofsd, and leaves the pod cgroup.
+    pub async fn stop(&self) {
+        self.stopping.send_replace(true);
+        if self.vmm_done.borrow().is_none() {
+            let mut agent = self.agent();
+            let _ = tokio::time::timeout(Duration::from_secs(2), agent.shutdown(Empty {})).await;
+            if !exited_within(&self.vmm_done, SHUTDOWN_GRACE).await {
+                tracing::warn!("husk-vmm did not stop after Shutdown; killing it");
+                sigkill(self.vmm_pid);
+                exited_within(&self.vmm_done, SHUTDOWN_GRACE).await;
+            }
+        }
+        // virtiofsd ends when its vhost-user peer goes; make sure.
+        if !exited_within(&self.fsd_done, Duration::from_secs(2)).await {
+            sigkill(self.fsd_pid);
+            exited_within(&self.fsd_done, SHUTDOWN_GRACE).await;
+        }
+        release_cgroup(&self.cgroup);
+    }
+}
+
+/// Whether the watched process exits within `limit`.
+async fn exited_within(done: &watch::Receiver<Option<ExitStatus>>, limit: Duration) -> bool {
+    let mut done = done.clone();
+    tokio::time::timeout(limit, async {
+        let _ = done.wait_for(|s| s.is_some()).await;
+    })
+    .await
+    .is_ok()
+}
+
+fn release_cgroup(cg: &Option<PodCgroup>) {
+    if let Some(cg) = cg {
+        if let Err(e) = cg.leave_self() {
+            tracing::warn!("cannot leave the pod cgroup: {e}");
+        }
+        if let Err(e) = cg.remove() {
+            tracing::warn!("cannot remove the pod cgroup: {e}");
+        }
+    }
+}
+
+/// Waits for either helper to exit; unless the shim is stopping the VM,
+/// that is the pod's death: kill the other one and publish the reason.
+async fn supervise(
+    mut vmm: watch::Receiver<Option<ExitStatus>>,
+    mut fsd: watch::Receiver<Option<ExitStatus>>,
+    stopping: watch::Receiver<bool>,
+    dead: watch::Sender<Option<String>>,
+    vmm_pid: u32,
+    fsd_pid: u32,
+) {
+    let reason = tokio::select! {
+        s = vmm.wait_for(|s| s.is_some()) => {
+            let code = s.map(|s| s.map_or(0, |s| s.code)).unwrap_or(0);
+            sigkill(fsd_pid);
+            format!("husk-vmm exited with status {code}")
+        }
+        s = fsd.wait_for(|s| s.is_some()) => {
+            let code = s.map(|s| s.map_or(0, |s| s.code)).unwrap_or(0);
+            if !*stopping.borrow() {
+                sigkill(vmm_pid);
+            }
+            format!("virtiofsd exited with status {code}")
+        }
+    };
+    if !*stopping.borrow() {
+        tracing::error!("the pod's VM died: {reason}");
+    }
+    dead.send_replace(Some(reason));
+}
