@@ -112,8 +112,8 @@ write_husk_configs() {
 	# state_root is short: a CRI sandbox id has 64 characters, and
 	# <state_root>/<id>/vsock.sock must fit a unix socket path (107 bytes).
 	local s="$run/vm-$v"
-	write_vm_config "$d/husk.toml" "$s" 120 "$repo/target/guest/vmlinux" ""
-	write_vm_config "$d/husk-nokernel.toml" "$s" 120 /nonexistent/vmlinux ""
+	write_vm_config "$d/husk.toml" "$s" 200 "$repo/target/guest/vmlinux" ""
+	write_vm_config "$d/husk-nokernel.toml" "$s" 200 /nonexistent/vmlinux ""
 	write_vm_config "$d/husk-noboot.toml" "$s" 15 "$repo/target/guest/vmlinux" \
 		"-- --listen vsock:1999"
 }

@@ -18,8 +18,8 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 const SETTLE: Duration = Duration::from_secs(10);
 
 /// Deadline of one `ctr` or CRI call that may boot a microVM: the configured
-/// boot timeout (120 s in test-env.sh) plus the rest of the call.
-pub const VM_CALL_TIMEOUT: Duration = Duration::from_secs(240);
+/// boot timeout (200 s in test-env.sh) plus the rest of the call.
+pub const VM_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// microVM tests run one at a time: each guest boot keeps a core busy
 /// (emulated kernel code on the project's machines), and parallel boots
