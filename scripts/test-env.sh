@@ -2,7 +2,9 @@
 # The end-to-end test environment: containerd 1.6 (Debian bookworm) and
 # containerd 2.x (Debian unstable, extracted under /opt/husk-test) side by
 # side, each with a private config (own root, state, sockets, runc root),
-# the CRI plugin, the runtimes `husk` and `husk-runc` (io.containerd.husk.v2),
+# the CRI plugin, the runtimes `husk` (vm mode; state under
+# /run/husk-test/vm-<version>), `husk-runc`, and the fault-test variants
+# `husk-nokernel` and `husk-noboot` (all io.containerd.husk.v2),
 # a CNI bridge on a test-owned bridge/subnet, and the local test images.
 #
 # usage: scripts/test-env.sh up|down|status
@@ -382,6 +384,17 @@ shims_of() {
 	return 0
 }
 
+# vm_processes <path>: husk-vmm and virtiofsd processes whose command line names <path>.
+vm_processes() {
+	local p exe
+	for p in /proc/[0-9]*; do
+		exe=$(readlink "$p/exe" 2>/dev/null) || continue
+		case "${exe##*/}" in husk-vmm | virtiofsd) ;; *) continue ;; esac
+		tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "$1" && echo "${p#/proc/}"
+	done
+	return 0
+}
+
 down() {
 	local v d pid r id
 	for v in "${versions[@]}"; do
@@ -407,6 +420,11 @@ down() {
 		for pid in $(shims_of "$d/containerd.sock"); do
 			kill -9 "$pid" 2>/dev/null || true
 		done
+	done
+	# microVM pieces (they die with their shim; this is for a shim that
+	# was stopped oddly): husk-vmm and virtiofsd serving a pod dir of ours
+	for pid in $(vm_processes "$run/"); do
+		kill -9 "$pid" 2>/dev/null || true
 	done
 	# mounts under our roots, deepest first
 	{ findmnt -rn -o TARGET | grep -E "^($run|$lib)/" || true; } | sort -r | while read -r m; do
