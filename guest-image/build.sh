@@ -152,8 +152,8 @@ build_initrd() {
     command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rust-toolchain.toml)"
     log "initrd: building the static husk-agent"
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build --quiet --release --target "$triple" -p husk-agent)
-    agent="$ROOT/target/$triple/release/husk-agent"
+        cargo build --quiet --profile guest --target "$triple" -p husk-agent)
+    agent="$ROOT/target/$triple/guest/husk-agent"
     file -b "$agent" 2>/dev/null | grep -q 'dynamically linked' && die "$agent is not static"
     mkdir -p "$OUT"
     stripped="$OUT/init.stripped"

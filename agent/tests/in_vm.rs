@@ -310,7 +310,6 @@ async fn agent_runs_containers_in_a_real_microvm() {
 
     // 2. A ctr-style container: output, hostname, clock, a bind-mounted
     //    share file written from the guest, exit code.
-    let t = Instant::now();
     let rootfs = pod.rootfs("c1");
     let host_file = pod.vm.dir.join("images/c1-out.txt");
     std::fs::write(&host_file, b"").unwrap();
@@ -319,6 +318,7 @@ async fn agent_runs_containers_in_a_real_microvm() {
                       "source": "c1/mounts/0", "options": ["rbind", "rw"]});
     let script = "uname -r; cat /proc/sys/kernel/random/boot_id; hostname; date +%s; \
                   echo written-in-guest > /data/out.txt; echo to-stderr >&2; exit 3";
+    let t = Instant::now();
     create(
         &mut c,
         "c1",
@@ -327,9 +327,16 @@ async fn agent_runs_containers_in_a_real_microvm() {
         out_err(),
     )
     .await;
+    let created = t.elapsed();
     let out = pod.open("c1", "", StreamKind::Stdout).await;
     let err = pod.open("c1", "", StreamKind::Stderr).await;
+    let t_start = Instant::now();
     start(&mut c, "c1").await;
+    eprintln!(
+        "c1: CreateContainer {:.1} s, StartContainer {:.1} s",
+        created.as_secs_f64(),
+        t_start.elapsed().as_secs_f64()
+    );
     let (out, err) = tokio::join!(read_all(out), read_all(err));
     let exit = wait(&mut c, "c1", "").await;
     eprintln!("c1 ran in {:.1} s: {out:?}", t.elapsed().as_secs_f64());
@@ -363,6 +370,10 @@ async fn agent_runs_containers_in_a_real_microvm() {
     }))
     .await
     .unwrap();
+    // The container is gone in the guest: the shim unmounts its rootfs and
+    // bind source on the host; the pod goes on (see unmount_from_share).
+    pod.vm.unmount_from_share("c1/mounts/0").unwrap();
+    pod.vm.unmount_from_share("c1/rootfs").unwrap();
 
     // 3. A long-running container with a cgroup namespace (CRI on v2).
     let rootfs = pod.rootfs("c2");
@@ -403,6 +414,52 @@ async fn agent_runs_containers_in_a_real_microvm() {
     step(c.delete_process(preq("c2", "e1"))).await.unwrap();
     eprintln!("exec round trip {:.1} s", t.elapsed().as_secs_f64());
 
+    // Bulk bytes both ways through husk-vmm's vsock: 2 MiB into stdin
+    // (half-close = EOF), ~2.7 MB out of stdout, complete and in order
+    // (both far beyond the muxer's 256 KiB window and the 1 MiB pipes).
+    let t = Instant::now();
+    step(c.exec_process(pb::ExecProcessRequest {
+        container_id: "c2".into(),
+        exec_id: "b1".into(),
+        process_json: process_json(&["sh", "-c", "wc -c; seq 1 400000"], false),
+        stdio: Some(pb::Stdio {
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        }),
+    }))
+    .await
+    .unwrap();
+    let mut stdin = pod.open("c2", "b1", StreamKind::Stdin).await;
+    let stdout = pod.open("c2", "b1", StreamKind::Stdout).await;
+    let feed = tokio::spawn(async move {
+        let chunk: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        for _ in 0..32 {
+            stdin.write_all(&chunk).await.unwrap();
+        }
+        stdin.shutdown().await.unwrap();
+    });
+    let out = read_all(stdout).await;
+    step(feed).await.unwrap();
+    let mut want = format!("{}\n", 2 << 20);
+    for i in 1..=400_000 {
+        want.push_str(&i.to_string());
+        want.push('\n');
+    }
+    assert!(
+        out == want,
+        "bulk output differs: {} bytes, want {}",
+        out.len(),
+        want.len()
+    );
+    assert_eq!(wait(&mut c, "c2", "b1").await.exit_code, 0);
+    step(c.delete_process(preq("c2", "b1"))).await.unwrap();
+    eprintln!(
+        "2 MiB in + {} bytes out in {:.1} s",
+        want.len(),
+        t.elapsed().as_secs_f64()
+    );
+
     // A terminal exec: pty, resize.
     step(c.exec_process(pb::ExecProcessRequest {
         container_id: "c2".into(),
@@ -438,7 +495,9 @@ async fn agent_runs_containers_in_a_real_microvm() {
     }))
     .await
     .unwrap();
+    // Half-close: the shell reads "go" and EOF, its output still comes back.
     tty.write_all(b"go\n").await.unwrap();
+    tty.shutdown().await.unwrap();
     loop {
         let n = step(tty.read(&mut buf)).await.unwrap();
         if n == 0 {

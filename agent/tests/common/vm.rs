@@ -225,6 +225,22 @@ impl Vm {
         target
     }
 
+    /// Unmounts what [`Vm::bind_into_share`] put at `rel`, as the shim does
+    /// when a container is gone. Lazily (MNT_DETACH): a plain umount fails
+    /// with EBUSY, because the unmount propagates to virtiofsd's copy of the
+    /// mount, where virtiofsd holds an fd for every inode the guest still
+    /// has cached.
+    pub fn unmount_from_share(&mut self, rel: &str) -> std::io::Result<()> {
+        let target = self.shared.join(rel);
+        let t = cpath(&target);
+        // SAFETY: t is a NUL-terminated path alive for the call.
+        if unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.mounts.retain(|m| *m != target);
+        Ok(())
+    }
+
     /// Dials the agent until Version answers (the guest is booting), at most
     /// `timeout`; fails early when husk-vmm exits.
     pub async fn agent(
@@ -234,7 +250,9 @@ impl Vm {
         let addr = format!("hybrid-vsock:{}:1024", self.vsock.display());
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
+        let mut attempts = 0u32;
         loop {
+            attempts += 1;
             if let Some(st) = self.vmm.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "husk-vmm exited ({st}) before the agent answered\n{}",
@@ -254,7 +272,10 @@ impl Vm {
                     )
                     .await;
                     match r {
-                        Ok(Ok(v)) => return (c, v.into_inner(), self.spawned.elapsed()),
+                        Ok(Ok(v)) => {
+                            eprintln!("agent answered on attempt {attempts}; before: {last}");
+                            return (c, v.into_inner(), self.spawned.elapsed());
+                        }
                         Ok(Err(e)) => last = e.to_string(),
                         Err(_) => last = "Version timed out".into(),
                     }
@@ -298,7 +319,7 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("HUSK_VM_LOGS").is_some() {
             eprintln!("{}", self.logs());
         }
         if let Some(c) = self.vmm.as_mut() {

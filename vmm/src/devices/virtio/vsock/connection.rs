@@ -29,7 +29,8 @@ pub enum State {
     /// Host connected and sent CONNECT; REQUEST sent, waiting for RESPONSE.
     LocalInit,
     Established,
-    /// Host side hit EOF; SHUTDOWN sent to the guest.
+    /// Host side hit EOF; SHUTDOWN(SEND) sent to the guest, which may still
+    /// send data to the host.
     HostClosed,
 }
 
@@ -183,10 +184,14 @@ impl Conn {
         loop {
             match self.stream.read(&mut buf[..max]) {
                 Ok(0) => {
+                    // EOF says only that the host sends no more: it may be a
+                    // half-close (shutdown(SHUT_WR)) with the host still
+                    // reading, so the guest may go on sending. If the host
+                    // closed for good, the next guest data fails to write
+                    // and becomes an RST.
                     self.readable = false;
                     self.state = State::HostClosed;
-                    let flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
-                    return Some((self.header(guest_cid, OP_SHUTDOWN, flags, 0), 0));
+                    return Some((self.header(guest_cid, OP_SHUTDOWN, SHUTDOWN_SEND, 0), 0));
                 }
                 Ok(n) => {
                     self.rx_cnt = self.rx_cnt.wrapping_add(n as u32);
@@ -303,8 +308,26 @@ mod tests {
         c.readable = true;
         let mut buf = [0u8; 16];
         let (h, _) = c.recv(3, &mut buf).unwrap();
-        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND));
+        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
         assert_eq!(c.state, State::HostClosed);
         assert!(!c.has_rx());
+        // The host is gone for good: guest data cannot be delivered.
+        assert!(c.send_to_host(b"late").is_err());
+    }
+
+    #[test]
+    fn host_half_close_still_receives_guest_data() {
+        let (mut c, mut host) = pair();
+        credit(&mut c, 1000, 0);
+        host.shutdown(std::net::Shutdown::Write).unwrap();
+        c.readable = true;
+        let mut buf = [0u8; 16];
+        let (h, _) = c.recv(3, &mut buf).unwrap();
+        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+        c.send_to_host(b"output after stdin eof").unwrap();
+        drop(c);
+        let mut got = String::new();
+        host.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "output after stdin eof");
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::backend::VsockBackend;
-use super::connection::{Conn, State, BUF_ALLOC};
+use super::connection::{Conn, ConnError, State, BUF_ALLOC};
 use super::packet::*;
 use crate::devices::virtio::GuestErrorLog;
 
@@ -313,6 +313,12 @@ impl VsockBackend for HybridMuxer {
             }
             OP_RW if c.state != State::LocalInit => match c.send_to_host(data) {
                 Ok(()) => true,
+                // The host side went away (e.g. closed after its EOF): an
+                // RST tells the guest, nothing the guest did wrong.
+                Err(ConnError::Io(e)) => {
+                    tracing::debug!("vsock: host socket gone: {e}; RST");
+                    false
+                }
                 Err(e) => {
                     self.errors.log("vsock", &e);
                     false

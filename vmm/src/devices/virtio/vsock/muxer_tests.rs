@@ -93,13 +93,41 @@ fn host_initiated_connect_ok_and_data_both_ways() {
     let (cu, _) = next_pkt(&mut m).expect("credit update");
     assert_eq!((cu.op, cu.fwd_cnt), (OP_CREDIT_UPDATE, 4));
 
+    // Half-close: the guest is told the host sends no more, and its data
+    // still reaches the host.
+    host.shutdown(std::net::Shutdown::Write).unwrap();
+    let (sd, _) = next_pkt(&mut m).expect("shutdown");
+    assert_eq!((sd.op, sd.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+    let mut h = guest(OP_RW, 1024, local);
+    h.len = 4;
+    m.send_pkt(&h, b"tail");
+    host.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"tail");
+    // The guest closes too: RST, connection gone, the host reads EOF.
+    let mut sd = guest(OP_SHUTDOWN, 1024, local);
+    sd.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+    m.send_pkt(&sd, &[]);
+    assert_eq!(next_pkt(&mut m).unwrap().0.op, OP_RST);
+    assert_eq!(m.connections(), 0);
+    assert_eq!(host.read(&mut b).unwrap(), 0);
+}
+
+#[test]
+fn guest_data_after_the_host_closed_is_reset() {
+    let (d, mut m) = setup("hostgone");
+    let mut host = UnixStream::connect(d.0.join("v.sock")).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    let (req, _) = next_pkt(&mut m).expect("REQUEST");
+    let local = req.src_port;
+    m.send_pkt(&guest(OP_RESPONSE, 1024, local), &[]);
+    assert_eq!(read_line(&mut host), format!("OK {local}"));
     drop(host);
     let (sd, _) = next_pkt(&mut m).expect("shutdown");
-    assert_eq!(
-        (sd.op, sd.flags),
-        (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND)
-    );
-    m.send_pkt(&guest(OP_RST, 1024, local), &[]);
+    assert_eq!((sd.op, sd.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+    let mut h = guest(OP_RW, 1024, local);
+    h.len = 4;
+    m.send_pkt(&h, b"late");
+    assert_eq!(next_pkt(&mut m).unwrap().0.op, OP_RST);
     assert_eq!(m.connections(), 0);
 }
 
