@@ -2,7 +2,9 @@
 # The end-to-end test environment: containerd 1.6 (Debian bookworm) and
 # containerd 2.x (Debian unstable, extracted under /opt/husk-test) side by
 # side, each with a private config (own root, state, sockets, runc root),
-# the CRI plugin, the runtimes `husk` and `husk-runc` (io.containerd.husk.v2),
+# the CRI plugin, the runtimes `husk` (vm mode; state under
+# /run/husk-test/vm-<version>), `husk-runc`, and the fault-test variants
+# `husk-nokernel` and `husk-noboot` (all io.containerd.husk.v2),
 # a CNI bridge on a test-owned bridge/subnet, and the local test images.
 #
 # usage: scripts/test-env.sh up|down|status
@@ -85,6 +87,12 @@ use_shim() {
 	mkdir -p "$run/bin"
 	ln -sfn "$bin" "$run/bin/containerd-shim-husk-v2"
 	[ -x "$bin" ] || log "warning: $bin is not built yet (cargo build${profile/debug/} -p husk-shim)"
+	# the VM configs name the husk-vmm next to the shim: follow the switch
+	local v
+	for v in "${versions[@]}"; do
+		[ -d "$run/containerd-$v" ] && write_husk_configs "$v"
+	done
+	return 0
 }
 
 write_husk_configs() {
@@ -99,10 +107,48 @@ write_husk_configs() {
 		binary = "$(command -v runc)"
 		root = "$d/husk-runc"
 	EOF
-	# microVM mode: the husk handler
-	cat >"$d/husk.toml" <<-EOF
+	# microVM mode: the husk handler, and two broken variants for the fault
+	# tests (husk-nokernel: a kernel path that does not exist; husk-noboot: a
+	# guest whose agent listens on another vsock port, so the shim's connect
+	# is never answered and the boot timeout must fire).
+	# state_root is short: a CRI sandbox id has 64 characters, and
+	# <state_root>/<id>/vsock.sock must fit a unix socket path (107 bytes).
+	local s="$run/vm-$v"
+	write_vm_config "$d/husk.toml" "$s" 200 "$repo/target/guest/vmlinux" ""
+	write_vm_config "$d/husk-nokernel.toml" "$s" 200 /nonexistent/vmlinux ""
+	write_vm_config "$d/husk-noboot.toml" "$s" 15 "$repo/target/guest/vmlinux" \
+		"-- --listen vsock:1999"
+}
+
+# The directory of the shim binary containerd runs: husk-vmm is built with
+# the same cargo profile next to it.
+shim_dir() {
+	local link="$run/bin/containerd-shim-husk-v2"
+	if [ -e "$link" ]; then dirname "$(readlink -f "$link")"; else echo "$target/debug"; fi
+}
+
+virtiofsd_path() {
+	command -v virtiofsd 2>/dev/null || {
+		[ -x /usr/libexec/virtiofsd ] && echo /usr/libexec/virtiofsd
+	} || echo "$HOME/.cargo/bin/virtiofsd"
+}
+
+# write_vm_config <file> <state root> <boot timeout s> <kernel> <kernel params>
+write_vm_config() {
+	local f=$1 state=$2 timeout=$3 kernel=$4 params=$5
+	cat >"$f" <<-EOF
 		mode = "vm"
-		state_root = "$d/husk"
+		log_level = "debug"
+		state_root = "$state"
+
+		[vm]
+		vmm = "$(shim_dir)/husk-vmm"
+		virtiofsd = "$(virtiofsd_path)"
+		kernel = "$kernel"
+		initrd = "$repo/target/guest/initrd.cpio"
+		mem_mib = 256
+		boot_timeout_secs = $timeout
+		kernel_params = "$params"
 	EOF
 }
 
@@ -177,6 +223,14 @@ write_config_16() {
 		  runtime_type = "io.containerd.husk.v2"
 		[$rt.husk-runc.options]
 		  ConfigPath = "$d/husk-runc.toml"
+		[$rt.husk-nokernel]
+		  runtime_type = "io.containerd.husk.v2"
+		[$rt.husk-nokernel.options]
+		  ConfigPath = "$d/husk-nokernel.toml"
+		[$rt.husk-noboot]
+		  runtime_type = "io.containerd.husk.v2"
+		[$rt.husk-noboot.options]
+		  ConfigPath = "$d/husk-noboot.toml"
 	EOF
 }
 
@@ -227,6 +281,14 @@ write_config_2() {
 		  runtime_type = "io.containerd.husk.v2"
 		[$rt.husk-runc.options]
 		  ConfigPath = "$d/husk-runc.toml"
+		[$rt.husk-nokernel]
+		  runtime_type = "io.containerd.husk.v2"
+		[$rt.husk-nokernel.options]
+		  ConfigPath = "$d/husk-nokernel.toml"
+		[$rt.husk-noboot]
+		  runtime_type = "io.containerd.husk.v2"
+		[$rt.husk-noboot.options]
+		  ConfigPath = "$d/husk-noboot.toml"
 	EOF
 }
 
@@ -322,6 +384,17 @@ shims_of() {
 	return 0
 }
 
+# vm_processes <path>: husk-vmm and virtiofsd processes whose command line names <path>.
+vm_processes() {
+	local p exe
+	for p in /proc/[0-9]*; do
+		exe=$(readlink "$p/exe" 2>/dev/null) || continue
+		case "${exe##*/}" in husk-vmm | virtiofsd) ;; *) continue ;; esac
+		tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "$1" && echo "${p#/proc/}"
+	done
+	return 0
+}
+
 down() {
 	local v d pid r id
 	for v in "${versions[@]}"; do
@@ -347,6 +420,11 @@ down() {
 		for pid in $(shims_of "$d/containerd.sock"); do
 			kill -9 "$pid" 2>/dev/null || true
 		done
+	done
+	# microVM pieces (they die with their shim; this is for a shim that
+	# was stopped oddly): husk-vmm and virtiofsd serving a pod dir of ours
+	for pid in $(vm_processes "$run/"); do
+		kill -9 "$pid" 2>/dev/null || true
 	done
 	# mounts under our roots, deepest first
 	{ findmnt -rn -o TARGET | grep -E "^($run|$lib)/" || true; } | sort -r | while read -r m; do

@@ -17,6 +17,15 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// How long shims and processes may take to go away after a test.
 const SETTLE: Duration = Duration::from_secs(10);
 
+/// Deadline of one `ctr` or CRI call that may boot a microVM: the configured
+/// boot timeout (200 s in test-env.sh) plus the rest of the call.
+pub const VM_CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// microVM tests run one at a time: each guest boot keeps a core busy
+/// (emulated kernel code on the project's machines), and parallel boots
+/// would only push each other past the boot timeout.
+static VM_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// State of one test run: the target, the ids it made, its clients.
 pub struct Case {
     /// The containerd and runtime this run is against.
@@ -57,6 +66,11 @@ pub fn run(target: Target, name: &str, body: fn(&mut Case) -> Result<()>) {
     // output of a short exec or an event under load; it gets a second try so
     // that its flakes do not fail CI. husk gets exactly one.
     let attempts = if target.runtime.is_husk() { 1 } else { 2 };
+    // a failed (panicked) VM test poisons the lock; the next one still runs
+    let _one_vm_test = target
+        .runtime
+        .is_vm()
+        .then(|| VM_TESTS.lock().unwrap_or_else(|e| e.into_inner()));
     for attempt in 1..=attempts {
         let mut case = Case::new(target, name);
         let outcome = body(&mut case);
@@ -120,10 +134,10 @@ impl Case {
             Containerd::V16 => "16",
             Containerd::V2 => "2",
         };
-        let rt = if self.target.runtime.is_husk() {
-            "h"
-        } else {
-            "r"
+        let rt = match self.target.runtime {
+            crate::Runtime::RuncV2 => "r",
+            crate::Runtime::HuskRunc => "h",
+            crate::Runtime::HuskVm => "v",
         };
         format!(
             "husk-e2e-{}-{cd}{rt}-{what}{}-{n}",
@@ -137,9 +151,15 @@ impl Case {
         self.tokens.push(token.to_string());
     }
 
-    /// `ctr` for this target's containerd in `namespace`.
+    /// `ctr` for this target's containerd in `namespace` (with a deadline
+    /// that covers a guest boot in vm mode).
     pub fn ctr(&self, namespace: &str) -> Ctr {
-        Ctr::new(self.target.containerd, namespace)
+        let ctr = Ctr::new(self.target.containerd, namespace);
+        if self.target.runtime.is_vm() {
+            ctr.with_timeout(VM_CALL_TIMEOUT)
+        } else {
+            ctr
+        }
     }
 
     /// `ctr run` flags that select this target's runtime.
@@ -150,7 +170,12 @@ impl Case {
     /// The CRI client for this target's containerd.
     pub fn cri(&mut self) -> Result<Cri> {
         if self.cri.is_none() {
-            self.cri = Some(Cri::connect(&self.target.containerd.socket())?);
+            let socket = self.target.containerd.socket();
+            self.cri = Some(if self.target.runtime.is_vm() {
+                Cri::connect_with_timeout(&socket, VM_CALL_TIMEOUT)?
+            } else {
+                Cri::connect(&socket)?
+            });
         }
         Ok(self.cri.clone().expect("set above"))
     }
@@ -175,7 +200,14 @@ impl Case {
         let mut left = Vec::new();
         if body_ok {
             let tokens = self.tokens.clone();
-            let settled = cmd::poll(SETTLE, "leftovers to go away", || {
+            // a VM pod's teardown also stops husk-vmm and virtiofsd and
+            // unmounts its shared directory
+            let settle = if self.target.runtime.is_vm() {
+                SETTLE * 3
+            } else {
+                SETTLE
+            };
+            let settled = cmd::poll(settle, "leftovers to go away", || {
                 let found = leftovers::find(&tokens, &roots);
                 Ok(found.is_empty().then_some(()))
             });

@@ -27,6 +27,12 @@ pub struct Cri {
 impl Cri {
     /// Connects to the CRI plugin at containerd's `socket`.
     pub fn connect(socket: &Path) -> Result<Self> {
+        Self::connect_with_timeout(socket, CRI_TIMEOUT)
+    }
+
+    /// Connects with `timeout` per call (a microVM pod's RunPodSandbox
+    /// waits for the guest to boot).
+    pub fn connect_with_timeout(socket: &Path, timeout: Duration) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -34,7 +40,7 @@ impl Cri {
         let channel = rt
             .block_on(
                 Endpoint::try_from("http://[::]:50051")?
-                    .timeout(CRI_TIMEOUT)
+                    .timeout(timeout)
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let socket = socket.clone();
                         async move {
@@ -72,6 +78,19 @@ impl Cri {
             .call(|mut c| async move { c.run_pod_sandbox(req).await })
             .context("RunPodSandbox")?;
         Ok(r.pod_sandbox_id)
+    }
+
+    /// Ids of the pod sandboxes whose metadata name is `name`.
+    pub fn pods_named(&self, name: &str) -> Result<Vec<String>> {
+        let req = ListPodSandboxRequest { filter: None };
+        let r = self
+            .call(|mut c| async move { c.list_pod_sandbox(req).await })
+            .context("ListPodSandbox")?;
+        Ok(r.items
+            .into_iter()
+            .filter(|p| p.metadata.as_ref().is_some_and(|m| m.name == name))
+            .map(|p| p.id)
+            .collect())
     }
 
     /// StopPodSandbox.

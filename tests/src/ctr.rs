@@ -21,6 +21,7 @@ pub struct Ctr {
     binary: PathBuf,
     socket: PathBuf,
     namespace: String,
+    timeout: Duration,
 }
 
 impl Ctr {
@@ -30,6 +31,7 @@ impl Ctr {
             binary: containerd.ctr_binary(),
             socket: containerd.socket(),
             namespace: namespace.to_string(),
+            timeout: CTR_TIMEOUT,
         }
     }
 
@@ -41,7 +43,15 @@ impl Ctr {
             binary: Containerd::V16.ctr_binary(),
             socket: containerd.socket(),
             namespace: namespace.to_string(),
+            timeout: CTR_TIMEOUT,
         }
+    }
+
+    /// The same `ctr` with another deadline per call (a microVM's first
+    /// container waits for the guest to boot).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The command line prefix `ctr --address <sock> -n <ns>`.
@@ -58,14 +68,14 @@ impl Ctr {
     pub fn run<S: AsRef<str>>(&self, args: &[S]) -> Result<Output> {
         let mut c = self.command();
         c.args(args.iter().map(|a| a.as_ref()));
-        cmd::run(&mut c, CTR_TIMEOUT)
+        cmd::run(&mut c, self.timeout)
     }
 
     /// Runs `ctr <args>` with `input` written to its stdin, then stdin closed.
     pub fn run_with_stdin<S: AsRef<str>>(&self, args: &[S], input: &[u8]) -> Result<Output> {
         let mut c = self.command();
         c.args(args.iter().map(|a| a.as_ref()));
-        cmd::run_with_stdin(&mut c, input, CTR_TIMEOUT)
+        cmd::run_with_stdin(&mut c, input, self.timeout)
     }
 
     /// Runs `ctr <args>` with a pseudo-terminal as its stdin/stdout (through
@@ -84,7 +94,7 @@ impl Ctr {
         }
         let mut c = Command::new("script");
         c.args(["-qefc", &line, "/dev/null"]);
-        cmd::run(&mut c, CTR_TIMEOUT)
+        cmd::run(&mut c, self.timeout)
     }
 
     /// Starts `ctr events`; the stream ends when the returned value is dropped.

@@ -1,5 +1,6 @@
-//! What a finished test must not leave: processes (shim, runc, container),
-//! cgroups, runc state.
+//! What a finished test must not leave: processes (shim, runc, container,
+//! husk-vmm, virtiofsd), mounts (rootfs, a VM pod's shared directory),
+//! cgroups, runc and husk state.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// (container ids, sandbox ids): one line per finding.
 pub fn find(tokens: &[String], state_roots: &[PathBuf]) -> Vec<String> {
     let mut found = processes(tokens);
+    found.extend(mounts(tokens));
     found.extend(cgroups(tokens));
     found.extend(runc_state(tokens, state_roots));
     found
@@ -45,6 +47,46 @@ pub fn processes(tokens: &[String]) -> Vec<String> {
         }
     }
     found
+}
+
+/// Mount points (in the host's mount table as this process sees it) whose
+/// path names a token: a container's rootfs, a VM pod's shared directory
+/// (`<state_root>/<sandbox-id>/shared/...`).
+pub fn mounts(tokens: &[String]) -> Vec<String> {
+    let table = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mount_points(&table)
+        .into_iter()
+        .filter(|m| tokens.iter().any(|t| m.contains(t.as_str())))
+        .map(|m| format!("mount {m}"))
+        .collect()
+}
+
+/// The mount points (5th field, octal escapes decoded) of a mountinfo table.
+pub fn mount_points(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_octal)
+        .collect()
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let esc = b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c));
+        if esc {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Cgroup directories (any controller, up to 4 levels deep) named by a token.
@@ -151,6 +193,13 @@ mod tests {
         assert!(left
             .iter()
             .all(|f| !f.starts_with(&format!("process {pid} "))));
+    }
+
+    #[test]
+    fn reads_mount_points_with_escapes() {
+        let table = "36 25 0:32 / /run/husk-test/a\\040b rw - tmpfs tmpfs rw\n\
+                     37 25 0:33 / /proc rw - proc proc rw\n";
+        assert_eq!(mount_points(table), ["/run/husk-test/a b", "/proc"]);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Harness for the end-to-end tests: real containerd (1.6 and 2.x, started by
 //! `scripts/test-env.sh up`), real runc, and the husk shim in runc mode, with
-//! containerd's own `io.containerd.runc.v2` as the reference runtime.
+//! containerd's own `io.containerd.runc.v2` as the reference runtime; and
+//! husk's microVM mode (real KVM, husk-vmm, virtiofsd, guest kernel, agent).
 //!
 //! Every test runs once per [`Target`] (containerd version × runtime) through
-//! the [`matrix!`] macro; after each run [`Case`] checks that no shim, runc or
-//! container process and no cgroup of the test is left.
+//! the [`matrix!`] macro (microVM tests: [`vm_matrix!`], once per containerd);
+//! after each run [`Case`] checks that no shim, runc, container, husk-vmm or
+//! virtiofsd process, no mount and no cgroup of the test is left.
 
 pub mod case;
 pub mod cmd;
@@ -12,6 +14,7 @@ pub mod cri;
 pub mod ctr;
 pub mod leftovers;
 pub mod target;
+pub mod vm;
 
 pub use case::Case;
 pub use target::{Containerd, Runtime, Target};
@@ -59,6 +62,35 @@ macro_rules! matrix {
             fn containerd2_husk_runc() {
                 $crate::case::run(
                     Target::new(Containerd::V2, Runtime::HuskRunc),
+                    stringify!($body),
+                    super::$body,
+                );
+            }
+        }
+    };
+}
+
+/// Declares one `#[test]` per containerd release for a microVM test body
+/// (husk in vm mode, CRI handler `husk`). The bodies run one at a time.
+#[macro_export]
+macro_rules! vm_matrix {
+    ($body:ident) => {
+        mod $body {
+            use $crate::{Containerd, Runtime, Target};
+
+            #[test]
+            fn containerd16_husk_vm() {
+                $crate::case::run(
+                    Target::new(Containerd::V16, Runtime::HuskVm),
+                    stringify!($body),
+                    super::$body,
+                );
+            }
+
+            #[test]
+            fn containerd2_husk_vm() {
+                $crate::case::run(
+                    Target::new(Containerd::V2, Runtime::HuskVm),
                     stringify!($body),
                     super::$body,
                 );

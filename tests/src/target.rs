@@ -51,6 +51,8 @@ pub enum Runtime {
     RuncV2,
     /// husk's shim in host runc mode.
     HuskRunc,
+    /// husk's shim in microVM mode (each pod in its own KVM guest).
+    HuskVm,
 }
 
 impl Runtime {
@@ -58,7 +60,16 @@ impl Runtime {
     pub fn runtime_type(self) -> &'static str {
         match self {
             Runtime::RuncV2 => "io.containerd.runc.v2",
+            Runtime::HuskRunc | Runtime::HuskVm => "io.containerd.husk.v2",
+        }
+    }
+
+    /// Short name for messages: the runtime type, plus the mode for husk.
+    pub fn label(self) -> &'static str {
+        match self {
+            Runtime::RuncV2 => "io.containerd.runc.v2",
             Runtime::HuskRunc => "io.containerd.husk.v2",
+            Runtime::HuskVm => "io.containerd.husk.v2 (vm)",
         }
     }
 
@@ -67,6 +78,7 @@ impl Runtime {
         match self {
             Runtime::RuncV2 => "runc",
             Runtime::HuskRunc => "husk-runc",
+            Runtime::HuskVm => "husk",
         }
     }
 
@@ -74,13 +86,18 @@ impl Runtime {
     pub fn shim_binary_name(self) -> &'static str {
         match self {
             Runtime::RuncV2 => "containerd-shim-runc-v2",
-            Runtime::HuskRunc => "containerd-shim-husk-v2",
+            Runtime::HuskRunc | Runtime::HuskVm => "containerd-shim-husk-v2",
         }
     }
 
     /// True for husk (the runtime whose error codes the issue specifies).
     pub fn is_husk(self) -> bool {
-        self == Runtime::HuskRunc
+        matches!(self, Runtime::HuskRunc | Runtime::HuskVm)
+    }
+
+    /// True for husk's microVM mode.
+    pub fn is_vm(self) -> bool {
+        self == Runtime::HuskVm
     }
 }
 
@@ -102,9 +119,26 @@ impl Target {
         }
     }
 
-    /// The husk config file test-env.sh wrote for this containerd (runc mode).
+    /// The husk config file test-env.sh wrote for this containerd and mode
+    /// (`husk.toml` for vm mode, `husk-runc.toml` otherwise).
     pub fn husk_config(self) -> PathBuf {
-        self.containerd.dir().join("husk-runc.toml")
+        let file = if self.runtime.is_vm() {
+            "husk.toml"
+        } else {
+            "husk-runc.toml"
+        };
+        self.containerd.dir().join(file)
+    }
+
+    /// husk's `state_root` in test-env.sh's config for this mode. vm mode
+    /// keeps each pod's directory there (`<state_root>/<sandbox-id>/`, with
+    /// unix sockets in it: hence the short path).
+    pub fn husk_state_root(self) -> PathBuf {
+        if self.runtime.is_vm() {
+            PathBuf::from(TEST_RUN_DIR).join(format!("vm-{}", self.containerd.label()))
+        } else {
+            self.containerd.dir().join("husk")
+        }
     }
 
     /// The directories where runc (containerd's runc root, husk's runc
@@ -112,7 +146,12 @@ impl Target {
     /// test may be left in them (as `<dir>/<id>` or `<dir>/<namespace>/<id>`).
     pub fn state_roots(self) -> Vec<PathBuf> {
         let d = self.containerd.dir();
-        vec![d.join("runc"), d.join("husk-runc"), d.join("husk")]
+        vec![
+            d.join("runc"),
+            d.join("husk-runc"),
+            d.join("husk"),
+            PathBuf::from(TEST_RUN_DIR).join(format!("vm-{}", self.containerd.label())),
+        ]
     }
 
     /// Runtime flags for `ctr run`.
@@ -125,7 +164,7 @@ impl Target {
                 args.push("--runc-root".into());
                 args.push(self.containerd.dir().join("runc").display().to_string());
             }
-            Runtime::HuskRunc => {
+            Runtime::HuskRunc | Runtime::HuskVm => {
                 args.push("--runtime-config-path".into());
                 args.push(self.husk_config().display().to_string());
             }
@@ -140,7 +179,7 @@ impl fmt::Display for Target {
             f,
             "containerd {} / {}",
             self.containerd.label(),
-            self.runtime.runtime_type()
+            self.runtime.label()
         )
     }
 }
@@ -168,5 +207,18 @@ mod tests {
         assert_eq!(args[1], "io.containerd.husk.v2");
         assert_eq!(args[2], "--runtime-config-path");
         assert!(args[3].ends_with("containerd-2/husk-runc.toml"));
+    }
+
+    #[test]
+    fn vm_mode_uses_the_husk_handler_and_config() {
+        let t = Target::new(Containerd::V16, Runtime::HuskVm);
+        assert_eq!(t.runtime.cri_handler(), "husk");
+        assert!(t.ctr_runtime_args()[3].ends_with("containerd-1.6/husk.toml"));
+        assert!(t.runtime.is_husk() && t.runtime.is_vm());
+        assert!(!Runtime::HuskRunc.is_vm());
+        // a 64-character CRI sandbox id plus /vsock.sock fits a unix socket path
+        let sock = t.husk_state_root().join("a".repeat(64)).join("vsock.sock");
+        assert!(sock.as_os_str().len() < 108, "{}", sock.display());
+        assert!(t.state_roots().contains(&t.husk_state_root()));
     }
 }
