@@ -164,54 +164,92 @@ async fn vm_gone(dead: &mut watch::Receiver<Option<String>>) {
     let _ = dead.wait_for(|d| d.is_some()).await;
 }
 
-/// Passes the agent's OOM events on exactly once: an OOM kill reported by
-/// WaitProcess is published at once (before the exit), and the same kill
-/// arriving later on the Events stream is then not published again.
+/// How long an OOM report from one source may wait for its twin from the
+/// other (the Events stream can lag a WaitProcess answer by seconds in a
+/// loaded, emulated guest).
+const OOM_TWIN_WINDOW: Duration = Duration::from_secs(10);
+
+/// Passes the agent's OOM reports on once per kill. The agent reports an
+/// OOM kill in two ways: on its Events stream (once per rise of the
+/// cgroup's oom_kill count) and in the WaitProcess answer of each killed
+/// process (`oom_killed`), in either order. A stream report is published
+/// unless a wait report of the same container already stood for it; a wait
+/// report is published (so TaskOOM can precede TaskExit) unless the
+/// container had an OOM published within [`OOM_TWIN_WINDOW`], and then
+/// absorbs the next stream report inside that window.
 #[derive(Clone)]
 pub struct OomLedger {
     sink: EventSink,
-    early: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    state: Arc<std::sync::Mutex<std::collections::HashMap<String, OomSeen>>>,
+}
+
+/// Per container: when an OOM was last published, and whether that was a
+/// wait report still expecting its stream twin. An entry stays after the
+/// container is deleted (the twin may still arrive): one per OOM-killed
+/// container.
+#[derive(Clone, Copy)]
+struct OomSeen {
+    at: std::time::Instant,
+    wait_pending: bool,
 }
 
 impl OomLedger {
     pub fn new(sink: EventSink) -> OomLedger {
         OomLedger {
             sink,
-            early: Arc::default(),
+            state: Arc::default(),
         }
     }
 
-    fn publish(&self, cid: &str) {
-        tracing::info!(container = cid, "oom");
-        (self.sink)(SandboxEvent::Oom {
-            container_id: cid.to_string(),
-        });
+    /// Whether a report (from WaitProcess if `from_wait`) at `now` is a new
+    /// kill to publish; records it.
+    fn is_new(&self, cid: &str, from_wait: bool, now: std::time::Instant) -> bool {
+        let mut all = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = all
+            .get(cid)
+            .filter(|s| now.duration_since(s.at) < OOM_TWIN_WINDOW)
+            .copied();
+        let new = match (recent, from_wait) {
+            // A stream report: new unless a wait report stood for it.
+            (Some(s), false) if s.wait_pending => false,
+            (_, false) => true,
+            // A wait report: the recent kill already published covers it.
+            (Some(_), true) => false,
+            (None, true) => true,
+        };
+        if new {
+            all.insert(
+                cid.to_string(),
+                OomSeen {
+                    at: now,
+                    wait_pending: from_wait,
+                },
+            );
+        } else if let Some(s) = all.get_mut(cid) {
+            if !from_wait {
+                s.wait_pending = false;
+            }
+        }
+        new
+    }
+
+    fn report(&self, cid: &str, from_wait: bool) {
+        if self.is_new(cid, from_wait, std::time::Instant::now()) {
+            tracing::info!(container = cid, "oom");
+            (self.sink)(SandboxEvent::Oom {
+                container_id: cid.to_string(),
+            });
+        }
     }
 
     /// An OOM kill seen in a WaitProcess answer.
     pub fn seen_in_wait(&self, cid: &str) {
-        *self
-            .early
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(cid.to_string())
-            .or_default() += 1;
-        self.publish(cid);
+        self.report(cid, true);
     }
 
     /// An OOM event from the agent's Events stream.
     pub fn seen_in_stream(&self, cid: &str) {
-        {
-            let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = early.get_mut(cid) {
-                *n -= 1;
-                if *n == 0 {
-                    early.remove(cid);
-                }
-                return;
-            }
-        }
-        self.publish(cid);
+        self.report(cid, false);
     }
 }
 
@@ -244,20 +282,33 @@ mod tests {
     }
 
     #[test]
-    fn oom_is_published_once_from_either_source() {
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    fn oom_is_published_once_per_kill_from_either_source() {
+        let seen = Arc::new(std::sync::Mutex::new(0usize));
         let s2 = seen.clone();
-        let ledger = OomLedger::new(Arc::new(move |e| s2.lock().unwrap().push(e)));
-        ledger.seen_in_wait("c1");
-        ledger.seen_in_stream("c1");
-        ledger.seen_in_stream("c1");
-        ledger.seen_in_stream("c2");
-        let got: Vec<_> = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|SandboxEvent::Oom { container_id }| container_id.clone())
-            .collect();
-        assert_eq!(got, vec!["c1", "c1", "c2"]);
+        let l = OomLedger::new(Arc::new(move |_| *s2.lock().unwrap() += 1));
+        let t0 = std::time::Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        // Wait first, then its twin on the stream.
+        assert!(l.is_new("a", true, s(0)));
+        assert!(!l.is_new("a", false, s(3)));
+        // A second kill in the same container, on the stream only.
+        assert!(l.is_new("a", false, s(4)));
+        // Stream first, then the init and an exec both report it.
+        assert!(l.is_new("b", false, s(0)));
+        assert!(!l.is_new("b", true, s(1)));
+        assert!(!l.is_new("b", true, s(1)));
+        // Much later, a new kill seen first in a wait answer.
+        assert!(l.is_new("b", true, s(60)));
+        assert!(!l.is_new("b", false, s(61)));
+        // A stream report too late to be the twin is a kill of its own.
+        assert!(l.is_new("c", true, s(0)));
+        assert!(l.is_new("c", false, s(30)));
+        // Containers do not absorb each other's reports.
+        assert!(l.is_new("d", true, s(0)));
+        assert!(l.is_new("e", false, s(0)));
+        // report() publishes through the sink.
+        l.seen_in_wait("f");
+        l.seen_in_stream("f");
+        assert_eq!(*seen.lock().unwrap(), 1);
     }
 }
