@@ -376,6 +376,9 @@ fn cri_pod_in_one_vm(case: &mut Case) -> Result<()> {
     // OOM inside a limit. The guest kernel's reclaim before the OOM kill
     // scans the cgroup's pages in emulated kernel code on the project's
     // machines (about a minute for 32 MiB): a small limit, a long wait.
+    // The agent reports the kill twice (wait answer and event stream):
+    // containerd must see one TaskOOM.
+    let mut events = case.ctr("k8s.io").events()?;
     let hog_cfg = vm_container(
         "hog",
         &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
@@ -398,6 +401,8 @@ fn cri_pod_in_one_vm(case: &mut Case) -> Result<()> {
         st.reason,
         st.exit_code
     );
+    events.wait_for("/tasks/oom", &[&hog], Duration::from_secs(30))?;
+    let oom_at = Instant::now();
     cri.remove_container(&hog)?;
 
     // logs at the CRI log path
@@ -411,6 +416,16 @@ fn cri_pod_in_one_vm(case: &mut Case) -> Result<()> {
         },
     )
     .with_context(|| format!("{}", log.display()))?;
+
+    // The shim pairs the two reports within 10 s; a twin arriving later
+    // would be published again.
+    thread::sleep(Duration::from_secs(11).saturating_sub(oom_at.elapsed()));
+    let ooms = events
+        .topics_for(&hog)
+        .iter()
+        .filter(|t| *t == "/tasks/oom")
+        .count();
+    ensure!(ooms == 1, "{ooms} TaskOOM events for one OOM kill");
 
     // SIGTERM reaches the container's trap: exit 0
     cri.stop_container(&app, 30)?;
