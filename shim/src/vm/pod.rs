@@ -80,10 +80,19 @@ impl PodVm {
             _ => None,
         };
         if let Some(cg) = &mut cgroup {
-            cg.save(&paths.dir)
-                .map_err(|e| SandboxError::Internal(format!("save pod cgroup: {e}")))?;
-            if let Err(e) = cg.enter_self() {
-                tracing::warn!("cannot move the shim into the pod cgroup: {e}");
+            // Saved before the shim enters it (a crash in between still
+            // leaves a record for `shim delete`), and again with the
+            // shim's origin.
+            let saved = cg.save(&paths.dir).and_then(|()| match cg.enter_self() {
+                Ok(()) => cg.save(&paths.dir),
+                Err(e) => {
+                    tracing::warn!("cannot move the shim into the pod cgroup: {e}");
+                    Ok(())
+                }
+            });
+            if let Err(e) = saved {
+                release_cgroup(&cgroup);
+                return Err(SandboxError::Internal(format!("save pod cgroup: {e}")));
             }
         }
         let t0 = Instant::now();
