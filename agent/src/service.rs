@@ -74,6 +74,12 @@ impl Agent for AgentService {
         Ok(Response::new(pb::Empty {}))
     }
 
+    async fn configure_network(&self, _r: Request<pb::NetworkConfig>) -> R<pb::Empty> {
+        Err(Status::unimplemented(
+            "ConfigureNetwork: guest networking is not implemented in this agent yet",
+        ))
+    }
+
     async fn create_container(
         &self,
         r: Request<pb::CreateContainerRequest>,
