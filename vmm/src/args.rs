@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use crate::config::{ConfigError, ConsoleOutput, FsConfig, NetConfig, VmConfig, VsockConfig};
+use crate::config::{
+    ConfigError, ConsoleOutput, FsConfig, MacAddr, NetConfig, VmConfig, VsockConfig,
+};
 
 /// Usage text for `--help`.
 pub const USAGE: &str = "\
@@ -21,6 +23,7 @@ usage: husk-vmm [--config vm.json] [flags]
   --fs-tag TAG           (default husk)
   --tap NAME             tap device for virtio-net
   --netns PATH           network namespace in which to open the tap
+  --mac MAC              the guest NIC's MAC address (default: random)
   --control-socket PATH  unix socket for ping/pause/resume/shutdown/metrics
   --no-seccomp           DEBUG ONLY: run without seccomp filters
 ";
@@ -102,12 +105,20 @@ fn apply(cfg: &mut VmConfig, flag: &str, value: &str) -> Result<(), ConfigError>
             None => return Err(bad(flag, value, "give --fs-socket first")),
         },
         "--tap" => {
-            let netns = cfg.net.as_ref().and_then(|n| n.netns.clone());
+            let (netns, mac) = cfg
+                .net
+                .as_ref()
+                .map_or((None, None), |n| (n.netns.clone(), n.mac));
             cfg.net = Some(NetConfig {
                 tap: value.to_string(),
                 netns,
+                mac,
             });
         }
+        "--mac" => match &mut cfg.net {
+            Some(n) => n.mac = Some(value.parse::<MacAddr>().map_err(|e| bad(flag, value, &e))?),
+            None => return Err(bad(flag, value, "give --tap first")),
+        },
         "--netns" => match &mut cfg.net {
             Some(n) => n.netns = Some(path()),
             None => return Err(bad(flag, value, "give --tap first")),
@@ -204,5 +215,30 @@ mod tests {
             run(&["--cpu-profile", "fast"]),
             Err(ConfigError::BadValue { .. })
         ));
+        assert!(matches!(
+            run(&["--mac", "0a:58:0a:58:00:05"]),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            run(&["--tap", "t0", "--mac", "0a:58:0a:58:00"]),
+            Err(ConfigError::BadValue { .. })
+        ));
+    }
+
+    #[test]
+    fn tap_netns_and_mac() {
+        let c = run(&[
+            "--tap",
+            "t0",
+            "--mac",
+            "0a:58:0a:58:00:05",
+            "--netns",
+            "/run/netns/x",
+        ])
+        .unwrap();
+        let n = c.net.unwrap();
+        assert_eq!(n.tap, "t0");
+        assert_eq!(n.mac.unwrap().0, [0x0a, 0x58, 0x0a, 0x58, 0, 5]);
+        assert_eq!(n.netns.unwrap(), PathBuf::from("/run/netns/x"));
     }
 }

@@ -112,6 +112,59 @@ pub struct NetConfig {
     /// Network namespace (e.g. `/var/run/netns/x`) in which to open the tap.
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// The guest NIC's MAC address ("0a:58:0a:58:00:05", e.g. the CNI
+    /// veth's); a random locally administered one when absent.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+}
+
+/// A MAC address, written `aa:bb:cc:dd:ee:ff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)");
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut mac {
+            let p = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        if mac[0] & 1 == 1 {
+            return Err(format!("{s} is a multicast address, not a NIC's"));
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
+}
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
 }
 
 /// Everything husk-vmm needs to start one VM.
@@ -346,13 +399,36 @@ mod tests {
         c.net = Some(NetConfig {
             tap: "much-too-long-tap-name".into(),
             netns: None,
+            mac: None,
         });
         assert!(matches!(c.validate(), Err(ConfigError::BadTapName(_))));
         c.net = Some(NetConfig {
             tap: "tap0".into(),
             netns: Some(d.join("no-such-netns")),
+            mac: None,
         });
         assert!(matches!(c.validate(), Err(ConfigError::NetnsMissing(_))));
         std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn mac_addresses_parse_and_print() {
+        let m: MacAddr = "0a:58:0A:58:00:05".parse().unwrap();
+        assert_eq!(m.0, [0x0a, 0x58, 0x0a, 0x58, 0, 5]);
+        assert_eq!(m.to_string(), "0a:58:0a:58:00:05");
+        for bad in [
+            "",
+            "0a:58:0a:58:00",
+            "0a:58:0a:58:00:05:06",
+            "0a-58-0a-58-00-05",
+            "zz:58:0a:58:00:05",
+            "a:58:0a:58:00:05",
+            "01:00:5e:00:00:01",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?} accepted");
+        }
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, "\"0a:58:0a:58:00:05\"");
+        assert_eq!(serde_json::from_str::<MacAddr>(&json).unwrap(), m);
     }
 }

@@ -146,8 +146,8 @@ fn add_devices(
     if let Some(n) = &cfg.net {
         let tap = Tap::open(&n.tap, n.netns.as_deref())
             .map_err(|e| VmmError::Device("virtio-net", e.to_string()))?;
-        let dev = Net::new(tap, random_mac())
-            .map_err(|e| VmmError::Device("virtio-net", e.to_string()))?;
+        let mac = n.mac.map_or_else(random_mac, |m| m.0);
+        let dev = Net::new(tap, mac).map_err(|e| VmmError::Device("virtio-net", e.to_string()))?;
         m.add_virtio(Arc::new(Mutex::new(dev)), events)?;
     }
     if let Some(f) = &cfg.fs {
