@@ -50,6 +50,7 @@ fn wait_resp(e: Exit) -> pb::WaitProcessResponse {
         signal: e.signal,
         oom_killed: e.oom_killed,
         exited_at_ns: e.at_ns,
+        oom_kills: e.oom_kills,
     }
 }
 

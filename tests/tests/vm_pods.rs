@@ -417,8 +417,8 @@ fn cri_pod_in_one_vm(case: &mut Case) -> Result<()> {
     )
     .with_context(|| format!("{}", log.display()))?;
 
-    // The shim pairs the two reports within 10 s; a twin arriving later
-    // would be published again.
+    // Give the agent's second report of the kill (wait answer or event
+    // stream, seconds apart in a loaded guest) time to arrive.
     thread::sleep(Duration::from_secs(11).saturating_sub(oom_at.elapsed()));
     let ooms = events
         .topics_for(&hog)

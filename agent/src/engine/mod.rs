@@ -69,6 +69,8 @@ pub struct Exit {
     pub signal: u32,
     pub oom_killed: bool,
     pub at_ns: u64,
+    /// The cgroup's oom_kill count at the exit.
+    pub oom_kills: u64,
 }
 
 /// One process (init or exec).

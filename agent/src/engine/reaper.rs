@@ -53,7 +53,11 @@ impl Engine {
         let kills = self.cgroups.oom_kills(&c.cgroup).unwrap_or(c.oom_seen);
         if kills > c.oom_seen {
             c.oom_seen = kills;
-            self.emit(&cid, "", pb::event::Kind::Oom(pb::OomEvent {}));
+            self.emit(
+                &cid,
+                "",
+                pb::event::Kind::Oom(pb::OomEvent { oom_kills: kills }),
+            );
         }
         let proc = if eid.is_empty() {
             if matches!(
@@ -74,6 +78,7 @@ impl Engine {
             signal,
             oom_killed: signal == libc::SIGKILL as u32 && kills > proc.oom_base,
             at_ns: now_ns(),
+            oom_kills: kills,
         };
         proc.exit.send_replace(Some(exit));
         self.emit(
@@ -136,7 +141,11 @@ impl Engine {
         };
         if kills > c.oom_seen {
             c.oom_seen = kills;
-            self.emit(id, "", pb::event::Kind::Oom(pb::OomEvent {}));
+            self.emit(
+                id,
+                "",
+                pb::event::Kind::Oom(pb::OomEvent { oom_kills: kills }),
+            );
         }
         true
     }

@@ -92,8 +92,8 @@ impl VmSandbox {
         let oom = self.oom.clone();
         tokio::spawn(async move {
             while let Ok(Some(ev)) = stream.message().await {
-                if let Some(pb::event::Kind::Oom(_)) = ev.kind {
-                    oom.seen_in_stream(&ev.container_id);
+                if let Some(pb::event::Kind::Oom(o)) = ev.kind {
+                    oom.seen_in_stream(&ev.container_id, o.oom_kills);
                 }
             }
         });

@@ -130,7 +130,7 @@ impl GuestProcess {
                 Some(Ok(r)) => {
                     let r = r.into_inner();
                     if r.oom_killed {
-                        oom.seen_in_wait(&cid);
+                        oom.seen_in_wait(&cid, r.oom_kills);
                     }
                     if r.exited_at_ns > 0 {
                         at = time_from_ns(r.exited_at_ns);
@@ -164,78 +164,51 @@ async fn vm_gone(dead: &mut watch::Receiver<Option<String>>) {
     let _ = dead.wait_for(|d| d.is_some()).await;
 }
 
-/// How long an OOM report from one source may wait for its twin from the
-/// other (the Events stream can lag a WaitProcess answer by seconds in a
-/// loaded, emulated guest).
-const OOM_TWIN_WINDOW: Duration = Duration::from_secs(10);
-
 /// Passes the agent's OOM reports on once per kill. The agent reports an
-/// OOM kill in two ways: on its Events stream (once per rise of the
-/// cgroup's oom_kill count) and in the WaitProcess answer of each killed
-/// process (`oom_killed`), in either order. A stream report is published
-/// unless a wait report of the same container already stood for it; a wait
-/// report is published (so TaskOOM can precede TaskExit) unless the
-/// container had an OOM published within [`OOM_TWIN_WINDOW`], and then
-/// absorbs the next stream report inside that window.
+/// OOM kill in two ways, in either order: on its Events stream (once per
+/// rise of the container cgroup's oom_kill count) and in the WaitProcess
+/// answer of each killed process. Both carry the cgroup's oom_kill count
+/// after the kill, so a report is published only when its count is higher
+/// than any published before for that container: two reports of one kill
+/// (or of kills seen together) give one TaskOOM, and the first report to
+/// arrive is the one published (a wait report before its TaskExit).
 #[derive(Clone)]
 pub struct OomLedger {
     sink: EventSink,
-    state: Arc<std::sync::Mutex<std::collections::HashMap<String, OomSeen>>>,
-}
-
-/// Per container: when an OOM was last published, and whether that was a
-/// wait report still expecting its stream twin. An entry stays after the
-/// container is deleted (the twin may still arrive): one per OOM-killed
-/// container.
-#[derive(Clone, Copy)]
-struct OomSeen {
-    at: std::time::Instant,
-    wait_pending: bool,
+    /// Per container, the highest oom_kill count published. An entry stays
+    /// after the container is deleted (a late twin may still arrive): one
+    /// integer per OOM-killed container.
+    published: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl OomLedger {
     pub fn new(sink: EventSink) -> OomLedger {
         OomLedger {
             sink,
-            state: Arc::default(),
+            published: Arc::default(),
         }
     }
 
-    /// Whether a report (from WaitProcess if `from_wait`) at `now` is a new
-    /// kill to publish; records it.
-    fn is_new(&self, cid: &str, from_wait: bool, now: std::time::Instant) -> bool {
-        let mut all = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let recent = all
-            .get(cid)
-            .filter(|s| now.duration_since(s.at) < OOM_TWIN_WINDOW)
-            .copied();
-        let new = match (recent, from_wait) {
-            // A stream report: new unless a wait report stood for it.
-            (Some(s), false) if s.wait_pending => false,
-            (_, false) => true,
-            // A wait report: the recent kill already published covers it.
-            (Some(_), true) => false,
-            (None, true) => true,
-        };
-        if new {
-            all.insert(
-                cid.to_string(),
-                OomSeen {
-                    at: now,
-                    wait_pending: from_wait,
-                },
-            );
-        } else if let Some(s) = all.get_mut(cid) {
-            if !from_wait {
-                s.wait_pending = false;
-            }
+    /// Whether a report with the cgroup's count `kills` is a kill not yet
+    /// published; records it. A count of 0 (an agent that does not send
+    /// one) is always published.
+    fn is_new(&self, cid: &str, kills: u64) -> bool {
+        if kills == 0 {
+            return true;
         }
-        new
+        let mut all = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = all.entry(cid.to_string()).or_default();
+        if kills > *seen {
+            *seen = kills;
+            true
+        } else {
+            false
+        }
     }
 
-    fn report(&self, cid: &str, from_wait: bool) {
-        if self.is_new(cid, from_wait, std::time::Instant::now()) {
-            tracing::info!(container = cid, "oom");
+    fn report(&self, cid: &str, kills: u64) {
+        if self.is_new(cid, kills) {
+            tracing::info!(container = cid, kills, "oom");
             (self.sink)(SandboxEvent::Oom {
                 container_id: cid.to_string(),
             });
@@ -243,13 +216,13 @@ impl OomLedger {
     }
 
     /// An OOM kill seen in a WaitProcess answer.
-    pub fn seen_in_wait(&self, cid: &str) {
-        self.report(cid, true);
+    pub fn seen_in_wait(&self, cid: &str, kills: u64) {
+        self.report(cid, kills);
     }
 
     /// An OOM event from the agent's Events stream.
-    pub fn seen_in_stream(&self, cid: &str) {
-        self.report(cid, false);
+    pub fn seen_in_stream(&self, cid: &str, kills: u64) {
+        self.report(cid, kills);
     }
 }
 
@@ -286,29 +259,29 @@ mod tests {
         let seen = Arc::new(std::sync::Mutex::new(0usize));
         let s2 = seen.clone();
         let l = OomLedger::new(Arc::new(move |_| *s2.lock().unwrap() += 1));
-        let t0 = std::time::Instant::now();
-        let s = |n: u64| t0 + Duration::from_secs(n);
-        // Wait first, then its twin on the stream.
-        assert!(l.is_new("a", true, s(0)));
-        assert!(!l.is_new("a", false, s(3)));
-        // A second kill in the same container, on the stream only.
-        assert!(l.is_new("a", false, s(4)));
-        // Stream first, then the init and an exec both report it.
-        assert!(l.is_new("b", false, s(0)));
-        assert!(!l.is_new("b", true, s(1)));
-        assert!(!l.is_new("b", true, s(1)));
-        // Much later, a new kill seen first in a wait answer.
-        assert!(l.is_new("b", true, s(60)));
-        assert!(!l.is_new("b", false, s(61)));
-        // A stream report too late to be the twin is a kill of its own.
-        assert!(l.is_new("c", true, s(0)));
-        assert!(l.is_new("c", false, s(30)));
+        // Wait first, then its twin on the stream (however late).
+        assert!(l.is_new("a", 1));
+        assert!(!l.is_new("a", 1));
+        // A second kill in the same container, on the stream first.
+        assert!(l.is_new("a", 2));
+        assert!(!l.is_new("a", 2));
+        // The init and an exec killed together (one count), and the stream.
+        assert!(l.is_new("b", 1));
+        assert!(!l.is_new("b", 1));
+        assert!(!l.is_new("b", 1));
+        // Two kills the stream saw as one rise; the wait answers of each.
+        assert!(l.is_new("c", 2));
+        assert!(!l.is_new("c", 2));
+        assert!(!l.is_new("c", 1), "an older count is no new kill");
         // Containers do not absorb each other's reports.
-        assert!(l.is_new("d", true, s(0)));
-        assert!(l.is_new("e", false, s(0)));
+        assert!(l.is_new("d", 1));
+        assert!(l.is_new("e", 1));
+        // No count from the agent: nothing to pair on.
+        assert!(l.is_new("f", 0));
+        assert!(l.is_new("f", 0));
         // report() publishes through the sink.
-        l.seen_in_wait("f");
-        l.seen_in_stream("f");
+        l.seen_in_wait("g", 1);
+        l.seen_in_stream("g", 1);
         assert_eq!(*seen.lock().unwrap(), 1);
     }
 }
