@@ -87,8 +87,8 @@ impl Agent for AgentService {
     }
 
     async fn configure_network(&self, r: Request<pb::NetworkConfig>) -> R<pb::Empty> {
+        // A few netlink round trips: short enough to block the runtime.
         let done = crate::net::configure(&r.into_inner())
-            .await
             .inspect_err(|e| tracing::warn!(error = error_chain(e), "ConfigureNetwork"))?;
         for i in done {
             let addresses: Vec<String> = i.addresses.iter().map(|a| a.to_string()).collect();

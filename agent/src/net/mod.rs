@@ -51,31 +51,32 @@ enum Undo {
 }
 
 /// ConfigureNetwork requests run one at a time.
-static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Applies `req` to the network namespace of the calling thread.
-pub async fn configure(req: &pb::NetworkConfig) -> Result<Vec<Configured>, NetError> {
+/// Applies `req` to the network namespace of the calling thread. Blocks
+/// for the few netlink round trips it takes.
+pub fn configure(req: &pb::NetworkConfig) -> Result<Vec<Configured>, NetError> {
     let plan = validate::parse(req)?;
     if plan.uses_ipv6() && !std::path::Path::new("/proc/sys/net/ipv6").exists() {
         return Err(NetError::NoIpv6);
     }
-    let _one = LOCK.lock().await;
-    let nl = Netlink::connect().map_err(NetError::Connect)?;
-    let links = nl.links().await.map_err(|source| NetError::Step {
+    let _one = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut nl = Netlink::connect().map_err(NetError::Connect)?;
+    let links = nl.links().map_err(|source| NetError::Step {
         step: "list the guest's interfaces".into(),
         source,
     })?;
     let resolved = validate::resolve(&plan, &links)?;
     let mut undo = Vec::new();
-    let r = apply(&nl, &links, &resolved, &mut undo).await;
+    let r = apply(&mut nl, &links, &resolved, &mut undo);
     if r.is_err() {
-        rollback(&nl, undo).await;
+        rollback(&mut nl, undo);
     }
     r
 }
 
-async fn apply(
-    nl: &Netlink,
+fn apply(
+    nl: &mut Netlink,
     links: &[Link],
     resolved: &validate::Resolved<'_>,
     undo: &mut Vec<Undo>,
@@ -87,7 +88,6 @@ async fn apply(
             ..Default::default()
         };
         nl.set_link(lo.index, &up)
-            .await
             .map_err(step("bring lo up".into()))?;
     }
     let mut done = Vec::with_capacity(resolved.interfaces.len());
@@ -113,14 +113,11 @@ async fn apply(
                 Some(m) => format!("set the MTU of {what} to {m}"),
                 None => format!("rename {what} to {name}"),
             };
-            nl.set_link(link.index, &change)
-                .await
-                .map_err(step(doing))?;
+            nl.set_link(link.index, &change).map_err(step(doing))?;
         }
         for a in &p.addresses {
             let added = nl
                 .add_addr(link.index, *a)
-                .await
                 .map_err(step(format!("add address {a} to {name}")))?;
             if added {
                 undo.push(Undo::Addr {
@@ -135,7 +132,6 @@ async fn apply(
                 ..Default::default()
             };
             nl.set_link(link.index, &up)
-                .await
                 .map_err(step(format!("set {name} up")))?;
         }
         done.push(Configured {
@@ -150,7 +146,6 @@ async fn apply(
         let m = netlink::route_message(r, *dev);
         let added = nl
             .add_route(&m)
-            .await
             .map_err(step(format!("add route {i} ({})", describe_route(r))))?;
         if added {
             undo.push(Undo::Route(m));
@@ -177,17 +172,17 @@ fn describe_route(r: &validate::RoutePlan) -> String {
 }
 
 /// Best effort, newest change first; failures are logged, not returned.
-async fn rollback(nl: &Netlink, undo: Vec<Undo>) {
+fn rollback(nl: &mut Netlink, undo: Vec<Undo>) {
     for u in undo.into_iter().rev() {
         let (what, r) = match u {
-            Undo::Route(m) => ("remove a route".to_string(), nl.del_route(&m).await),
+            Undo::Route(m) => ("remove a route".to_string(), nl.del_route(&m)),
             Undo::Addr { index, addr } => (
                 format!("remove address {addr} from index {index}"),
-                nl.del_addr(index, addr).await,
+                nl.del_addr(index, addr),
             ),
             Undo::Link { link } => (
                 format!("restore interface {} (index {})", link.name, link.index),
-                restore(nl, &link).await,
+                restore(nl, &link),
             ),
         };
         if let Err(e) = r {
@@ -197,18 +192,18 @@ async fn rollback(nl: &Netlink, undo: Vec<Undo>) {
 }
 
 /// Gives a link back its name, MTU and up/down state.
-async fn restore(nl: &Netlink, link: &Link) -> io::Result<()> {
+fn restore(nl: &mut Netlink, link: &Link) -> io::Result<()> {
     let down = LinkChange {
         up: Some(false),
         ..Default::default()
     };
-    nl.set_link(link.index, &down).await?;
+    nl.set_link(link.index, &down)?;
     let back = LinkChange {
         name: Some(link.name.clone()),
         mtu: Some(link.mtu),
         up: link.up.then_some(true),
     };
-    nl.set_link(link.index, &back).await
+    nl.set_link(link.index, &back)
 }
 
 #[cfg(test)]

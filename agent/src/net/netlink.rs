@@ -1,56 +1,37 @@
-//! The few rtnetlink requests ConfigureNetwork needs, on one connection.
+//! The few rtnetlink requests ConfigureNetwork needs, on one blocking
+//! NETLINK_ROUTE socket. Messages are built with rtnetlink's builders and
+//! emitted by netlink-packet-route; replies are read at the buffer level
+//! (acks, and three attributes of each link), so the agent carries no
+//! parser for all of rtnetlink's message kinds (see docs/agent.md, Network).
 //! Errors come back as `io::Error` with the kernel's errno.
 
 use std::io;
 use std::net::IpAddr;
 
-use futures_util::TryStreamExt;
+use rtnetlink::packet_core::{
+    Emitable, NetlinkBuffer, NetlinkHeader, NlasIterator, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+};
 use rtnetlink::packet_route::address::AddressMessage;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::link::{LinkFlags, LinkHeader, LinkMessage};
 use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
-use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use super::validate::{Cidr, Link, Mac, RoutePlan};
 
-/// One rtnetlink socket in the calling thread's network namespace; its
-/// connection task runs on the current tokio runtime until this is dropped.
+const NLMSG_HDRLEN: usize = 16;
+const IFINFOMSG_LEN: usize = 16;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+/// Large enough for any datagram the kernel sends on a dump.
+const RECV_BUF: usize = 64 * 1024;
+
+/// One rtnetlink socket in the calling thread's network namespace.
 pub struct Netlink {
-    handle: rtnetlink::Handle,
-}
-
-fn to_io(e: rtnetlink::Error) -> io::Error {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.to_io(),
-        other => io::Error::other(other.to_string()),
-    }
-}
-
-/// Ok(true): done; Ok(false): it was already there (EEXIST).
-fn created(r: Result<(), rtnetlink::Error>) -> io::Result<bool> {
-    match r.map_err(to_io) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn link_from(m: LinkMessage) -> Link {
-    let mut l = Link {
-        index: m.header.index,
-        name: String::new(),
-        mac: None,
-        mtu: 0,
-        up: m.header.flags.contains(LinkFlags::Up),
-    };
-    for a in m.attributes {
-        match a {
-            LinkAttribute::IfName(n) => l.name = n,
-            LinkAttribute::Mtu(v) => l.mtu = v,
-            LinkAttribute::Address(b) => l.mac = <[u8; 6]>::try_from(b.as_slice()).ok().map(Mac),
-            _ => {}
-        }
-    }
-    l
+    sock: Socket,
+    seq: u32,
 }
 
 /// What a link becomes: each `Some` is changed, `None` left as it is.
@@ -61,20 +42,133 @@ pub struct LinkChange {
     pub up: Option<bool>,
 }
 
+fn bad_reply(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("netlink reply: {what}"))
+}
+
+/// Ok(true): done; Ok(false): it was already there (EEXIST).
+fn created(r: io::Result<()>) -> io::Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A link from an RTM_NEWLINK payload: its index, flags and the three
+/// attributes used here.
+fn parse_link(payload: &[u8]) -> io::Result<Link> {
+    let h = LinkHeader::parse(payload).map_err(|_| bad_reply("short link message"))?;
+    let mut l = Link {
+        index: h.index,
+        name: String::new(),
+        mac: None,
+        mtu: 0,
+        up: h.flags.contains(LinkFlags::Up),
+    };
+    for nla in NlasIterator::new(&payload[IFINFOMSG_LEN..]) {
+        let nla = nla.map_err(|_| bad_reply("bad link attribute"))?;
+        let v = nla.value();
+        match nla.kind() {
+            IFLA_IFNAME => {
+                let v = v.split(|b| *b == 0).next().unwrap_or_default();
+                l.name = String::from_utf8_lossy(v).into_owned();
+            }
+            IFLA_MTU if v.len() == 4 => l.mtu = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+            IFLA_ADDRESS => l.mac = <[u8; 6]>::try_from(v).ok().map(Mac),
+            _ => {}
+        }
+    }
+    Ok(l)
+}
+
 impl Netlink {
     pub fn connect() -> io::Result<Netlink> {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Netlink { sock, seq: 0 })
     }
 
-    pub async fn links(&self) -> io::Result<Vec<Link>> {
-        let stream = self.handle.link().get().execute();
-        let msgs: Vec<LinkMessage> = stream.try_collect().await.map_err(to_io)?;
-        Ok(msgs.into_iter().map(link_from).collect())
+    /// Sends one request and reads the replies to it until the ack (or,
+    /// for a dump, NLMSG_DONE), passing every other message's type and
+    /// payload to `each`.
+    fn request(
+        &mut self,
+        message_type: u16,
+        flags: u16,
+        body: &dyn Emitable,
+        mut each: impl FnMut(u16, &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let len = NLMSG_HDRLEN + body.buffer_len();
+        let mut header = NetlinkHeader::default();
+        header.length = len as u32;
+        header.message_type = message_type;
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut buf = vec![0u8; len];
+        header.emit(&mut buf);
+        body.emit(&mut buf[NLMSG_HDRLEN..]);
+        self.sock.send(&buf, 0)?;
+        let mut buf = Vec::with_capacity(RECV_BUF);
+        loop {
+            buf.clear();
+            let n = self.sock.recv(&mut buf, 0)?;
+            if n > buf.len() {
+                return Err(bad_reply("datagram larger than the buffer"));
+            }
+            let mut off = 0;
+            while off < n {
+                let m = NetlinkBuffer::new_checked(&buf[off..n])
+                    .map_err(|_| bad_reply("bad message header"))?;
+                let mlen = m.length() as usize;
+                off += (mlen + 3) & !3;
+                if m.sequence_number() != self.seq {
+                    continue;
+                }
+                match m.message_type() {
+                    NLMSG_ERROR => {
+                        let p = m.payload();
+                        let code = p
+                            .get(..4)
+                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                            .ok_or_else(|| bad_reply("short error message"))?;
+                        return match code {
+                            0 => Ok(()),
+                            c => Err(io::Error::from_raw_os_error(-c)),
+                        };
+                    }
+                    NLMSG_DONE => return Ok(()),
+                    t => each(t, m.payload())?,
+                }
+            }
+        }
     }
 
-    pub async fn set_link(&self, index: u32, c: &LinkChange) -> io::Result<()> {
+    /// An acknowledged request whose only reply is the ack.
+    fn ack(&mut self, message_type: u16, flags: u16, body: &dyn Emitable) -> io::Result<()> {
+        self.request(
+            message_type,
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            body,
+            |_, _| Ok(()),
+        )
+    }
+
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let mut links = Vec::new();
+        let flags = NLM_F_REQUEST | NLM_F_DUMP;
+        self.request(libc::RTM_GETLINK, flags, &LinkMessage::default(), |t, p| {
+            if t == libc::RTM_NEWLINK {
+                links.push(parse_link(p)?);
+            }
+            Ok(())
+        })?;
+        Ok(links)
+    }
+
+    pub fn set_link(&mut self, index: u32, c: &LinkChange) -> io::Result<()> {
         let mut b = LinkUnspec::new_with_index(index);
         if let Some(n) = &c.name {
             b = b.name(n.clone());
@@ -87,38 +181,39 @@ impl Netlink {
             Some(false) => b.down(),
             None => b,
         };
-        self.handle
-            .link()
-            .set(b.build())
-            .execute()
-            .await
-            .map_err(to_io)
+        self.ack(libc::RTM_SETLINK, 0, &b.build())
     }
 
-    fn addr_msg(&self, index: u32, a: Cidr) -> AddressMessage {
-        let mut req = self.handle.address().add(index, a.addr, a.prefix);
-        req.message_mut().clone()
+    fn addr_msg(index: u32, a: Cidr) -> AddressMessage {
+        match a.addr {
+            IpAddr::V4(v) => AddressMessageBuilder::<std::net::Ipv4Addr>::new()
+                .index(index)
+                .address(v, a.prefix)
+                .build(),
+            IpAddr::V6(v) => AddressMessageBuilder::<std::net::Ipv6Addr>::new()
+                .index(index)
+                .address(v, a.prefix)
+                .build(),
+        }
     }
 
     /// Ok(false) when the link already has the address.
-    pub async fn add_addr(&self, index: u32, a: Cidr) -> io::Result<bool> {
-        let r = self.handle.address().add(index, a.addr, a.prefix).execute();
-        created(r.await)
+    pub fn add_addr(&mut self, index: u32, a: Cidr) -> io::Result<bool> {
+        let m = Self::addr_msg(index, a);
+        created(self.ack(libc::RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &m))
     }
 
-    pub async fn del_addr(&self, index: u32, a: Cidr) -> io::Result<()> {
-        let m = self.addr_msg(index, a);
-        self.handle.address().del(m).execute().await.map_err(to_io)
+    pub fn del_addr(&mut self, index: u32, a: Cidr) -> io::Result<()> {
+        self.ack(libc::RTM_DELADDR, 0, &Self::addr_msg(index, a))
     }
 
     /// Ok(false) when the route exists already.
-    pub async fn add_route(&self, m: &RouteMessage) -> io::Result<bool> {
-        created(self.handle.route().add(m.clone()).execute().await)
+    pub fn add_route(&mut self, m: &RouteMessage) -> io::Result<bool> {
+        created(self.ack(libc::RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, m))
     }
 
-    pub async fn del_route(&self, m: &RouteMessage) -> io::Result<()> {
-        let r = self.handle.route().del(m.clone()).execute().await;
-        r.map_err(to_io)
+    pub fn del_route(&mut self, m: &RouteMessage) -> io::Result<()> {
+        self.ack(libc::RTM_DELROUTE, 0, m)
     }
 }
 

@@ -129,11 +129,7 @@ fn pod_network(extra_route: Option<pb::Route>) -> pb::NetworkConfig {
 }
 
 fn run(req: &pb::NetworkConfig) -> Result<Vec<super::Configured>, NetError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(configure(req))
+    configure(req)
 }
 
 #[test]
