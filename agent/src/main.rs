@@ -10,6 +10,7 @@
 mod cgroup;
 mod engine;
 mod listen;
+mod net;
 mod pid1;
 mod service;
 mod share;

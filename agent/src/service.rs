@@ -10,6 +10,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Engine, EngineError, Exit};
+use crate::net::NetError;
 
 pub struct AgentService {
     pub engine: Arc<Engine>,
@@ -25,6 +26,17 @@ impl From<EngineError> for Status {
             E::Exists(_) => Status::already_exists(msg),
             E::State(_) | E::Stdio(_) => Status::failed_precondition(msg),
             E::Cgroup(_) | E::Spawn(_) | E::Io(..) => Status::internal(msg),
+        }
+    }
+}
+
+impl From<NetError> for Status {
+    fn from(e: NetError) -> Status {
+        let msg = error_chain(&e);
+        match e {
+            NetError::Invalid(_) => Status::invalid_argument(msg),
+            NetError::NoIpv6 => Status::failed_precondition(msg),
+            NetError::Connect(_) | NetError::Step { .. } => Status::internal(msg),
         }
     }
 }
@@ -75,10 +87,22 @@ impl Agent for AgentService {
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn configure_network(&self, _r: Request<pb::NetworkConfig>) -> R<pb::Empty> {
-        Err(Status::unimplemented(
-            "ConfigureNetwork: guest networking is not implemented in this agent yet",
-        ))
+    async fn configure_network(&self, r: Request<pb::NetworkConfig>) -> R<pb::Empty> {
+        // A few netlink round trips: short enough to block the runtime.
+        let done = crate::net::configure(&r.into_inner())
+            .inspect_err(|e| tracing::warn!(error = error_chain(e), "ConfigureNetwork"))?;
+        for i in done {
+            let addresses: Vec<String> = i.addresses.iter().map(|a| a.to_string()).collect();
+            tracing::info!(
+                mac = %i.mac,
+                name = i.name,
+                index = i.index,
+                mtu = i.mtu,
+                addresses = addresses.join(" "),
+                "interface configured"
+            );
+        }
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn create_container(

@@ -39,6 +39,19 @@ static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0)
 
 impl Agent {
     pub fn start() -> Agent {
+        Agent::start_with(Command::new(env!("CARGO_BIN_EXE_husk-agent")))
+    }
+
+    /// The agent in a new, empty network namespace of its own (util-linux
+    /// `unshare --net` execs it, so `pid()` is the agent's).
+    pub fn start_in_new_netns() -> Agent {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--net", "--", env!("CARGO_BIN_EXE_husk-agent")]);
+        Agent::start_with(cmd)
+    }
+
+    /// `cmd` runs the agent; the agent's arguments are appended.
+    fn start_with(mut cmd: Command) -> Agent {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let tag = format!("{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(format!("husk-agent-test-{tag}"));
@@ -47,7 +60,7 @@ impl Agent {
         std::fs::create_dir_all(&share).unwrap();
         let sock = dir.join("agent.sock");
         let cgroup_parent = format!("husk-test-{tag}");
-        let child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
+        let child = cmd
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
             .arg("--shared-dir")
