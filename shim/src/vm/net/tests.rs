@@ -128,10 +128,8 @@ fn read_one_frame(netns: PathBuf, limit: Duration) -> Option<Vec<u8>> {
     std::thread::spawn(move || {
         let ns = std::fs::File::open(&netns).unwrap();
         // SAFETY: changes this (test) thread's namespace only.
-        assert_eq!(
-            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+        let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(entered, 0);
         let tun = OpenOptions::new()
             .read(true)
             .write(true)
