@@ -42,6 +42,11 @@ pub enum CleanupError {
         dir: PathBuf,
         source: PodCgroupError,
     },
+    #[error("pod network of {dir}: {source}")]
+    Network {
+        dir: PathBuf,
+        source: super::net::NetError,
+    },
     #[error("cannot {op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -66,6 +71,8 @@ pub struct Teardown {
     pub unmounted: Vec<PathBuf>,
     /// The cgroupsPath whose directories were removed.
     pub cgroup: Option<String>,
+    /// Whether the pod's tap and tc redirects were removed.
+    pub network: bool,
     /// Whether the directory existed and was removed.
     pub removed: bool,
 }
@@ -82,6 +89,9 @@ impl std::fmt::Display for Teardown {
         if let Some(cg) = &self.cgroup {
             parts.push(format!("cgroup {cg} removed"));
         }
+        if self.network {
+            parts.push("tap removed".into());
+        }
         if self.removed {
             parts.push("dir removed".into());
         }
@@ -92,8 +102,9 @@ impl std::fmt::Display for Teardown {
     }
 }
 
-/// Kills the pod's helpers, unmounts everything at or under `dir`, removes
-/// the pod cgroup it created and then `dir`. A missing `dir` is fine.
+/// Kills the pod's helpers, removes the pod's tap and tc redirects,
+/// unmounts everything at or under `dir`, removes the pod cgroup it created
+/// and then `dir`. A missing `dir` is fine.
 ///
 /// When the calling process is itself in the pod cgroup (the live shim
 /// shutting down), it is moved back to where it came from first.
@@ -105,6 +116,11 @@ pub fn teardown_dir(dir: &Path) -> Result<Teardown, CleanupError> {
         Err(source) => return Err(io("resolve", dir, source)),
     };
     done.killed = kill_helpers(&dir)?;
+    // husk-vmm is gone: its tap can go.
+    done.network = super::net::detach(&dir).map_err(|source| CleanupError::Network {
+        dir: dir.clone(),
+        source,
+    })?;
     done.unmounted = unmount_all(&dir)?;
     done.cgroup = remove_cgroup(&dir)?;
     let mounts = mountinfo::read_self().map_err(CleanupError::Mountinfo)?;

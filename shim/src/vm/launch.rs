@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 use super::cleanup::write_pidfile;
+use super::net::PodNet;
 use crate::config::VmConfig;
 use crate::reaper::reaper;
 use crate::sandbox::{ExitStatus, SandboxError};
@@ -172,6 +173,7 @@ pub fn start_vmm(
     bin: &Path,
     paths: &PodPaths,
     size: Sizing,
+    net: Option<&PodNet>,
 ) -> Result<Started, SandboxError> {
     let mut cmd = Command::new(bin);
     cmd.arg("--kernel")
@@ -192,6 +194,12 @@ pub fn start_vmm(
         .arg(paths.control());
     if !cfg.kernel_params.is_empty() {
         cmd.args(["--cmdline", &cfg.kernel_params]);
+    }
+    if let Some(n) = net {
+        cmd.args(["--tap", &n.tap])
+            .arg("--netns")
+            .arg(&n.netns)
+            .args(["--mac", &n.mac]);
     }
     spawn(cmd, "vmm", paths)
 }

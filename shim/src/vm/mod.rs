@@ -12,6 +12,7 @@ pub mod cleanup;
 pub mod guest_spec;
 mod launch;
 pub mod mountinfo;
+pub mod net;
 mod ops;
 pub mod pidfile;
 mod pod;

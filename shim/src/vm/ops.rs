@@ -11,6 +11,7 @@ use oci_spec::runtime::{LinuxResources, Process};
 
 use super::cleanup::SandboxInfo;
 use super::guest_spec::{self, Role};
+use super::net::{self, NetError, SpecNetwork};
 use super::pod::{BootRequest, PodVm};
 use super::{
     agent_error, cleanup, share, stats, BundleMarker, Container, ContainerShare, GuestProcess,
@@ -48,8 +49,29 @@ impl VmSandbox {
             id: self.id.clone(),
             shim_pid: std::process::id(),
         };
+        // Refused before anything starts: a VM cannot share the host's network.
+        let spec_net = SpecNetwork::of(&first.spec);
+        if spec_net == SpecNetwork::Host {
+            return Err(SandboxError::FailedPrecondition(
+                NetError::HostNetwork.to_string(),
+            ));
+        }
         cleanup::write_sandbox(&self.paths.dir, &info).map_err(internal)?;
         share::prepare(&self.paths.dir)?;
+        let net = match &spec_net {
+            SpecNetwork::Joined(netns) => {
+                let t = Instant::now();
+                let net = net::attach(&self.paths.dir, netns)
+                    .await
+                    .map_err(|e| match e {
+                        NetError::Unsupported(_) => SandboxError::FailedPrecondition(e.to_string()),
+                        _ => SandboxError::Internal(format!("pod network: {e}")),
+                    })?;
+                tracing::info!("vm phase=network ms={}", t.elapsed().as_millis());
+                net
+            }
+            _ => None,
+        };
         let cgroups_path = first
             .spec
             .linux()
@@ -64,11 +86,15 @@ impl VmSandbox {
             size: super::launch::sizing(&self.cfg, &first.spec),
             cgroups_path,
             config_hint: self.config_hint.clone(),
+            net: net.as_ref().map(|(n, _)| n),
         })
         .await?;
         let ready = async {
             let t = Instant::now();
             vm.create_sandbox(&first.spec).await?;
+            if let Some((_, cfg)) = net {
+                vm.configure_network(cfg).await?;
+            }
             self.watch_events(&vm).await?;
             tracing::info!("vm phase=sandbox ms={}", t.elapsed().as_millis());
             Ok(())

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use super::launch::{self, PodPaths, Sizing};
+use super::net::PodNet;
 use super::podcg::{PodCgroup, PodCgroupError};
 use crate::config::VmConfig;
 use crate::sandbox::{ExitStatus, SandboxError};
@@ -48,6 +49,8 @@ pub struct BootRequest<'a> {
     /// The pod's host cgroup (cgroupsPath of its first container), if any.
     pub cgroups_path: Option<String>,
     pub config_hint: String,
+    /// The pod's tap, when its network namespace has an interface.
+    pub net: Option<&'a PodNet>,
 }
 
 /// A watch that turns `Some` when the process exits.
@@ -105,7 +108,7 @@ impl PodVm {
         };
         tracing::info!("vm phase=virtiofsd ms={}", t0.elapsed().as_millis());
         let t1 = Instant::now();
-        let vmm = match launch::start_vmm(req.cfg, req.vmm, &paths, req.size) {
+        let vmm = match launch::start_vmm(req.cfg, req.vmm, &paths, req.size, req.net) {
             Ok(v) => v,
             Err(e) => {
                 sigkill(fsd.pid);
@@ -185,6 +188,16 @@ impl PodVm {
         };
         self.agent()
             .create_sandbox(req)
+            .await
+            .map_err(|s| super::agent_error(s, self))?;
+        Ok(())
+    }
+
+    /// Gives the guest's NIC the pod interface's name, MTU, addresses and
+    /// routes.
+    pub async fn configure_network(&self, cfg: pb::NetworkConfig) -> Result<(), SandboxError> {
+        self.agent()
+            .configure_network(cfg)
             .await
             .map_err(|s| super::agent_error(s, self))?;
         Ok(())
