@@ -75,6 +75,10 @@ const COMMON: &[(i64, &str)] = &[
         "virtio-fs call eventfds created at activation",
     ),
     (libc::SYS_getrandom, "virtio-rng and std HashMap seeds"),
+    (
+        libc::SYS_ftruncate,
+        "the console file restarts at its size cap (vCPU serial writes)",
+    ),
 ];
 
 /// Extra syscalls of the event-loop thread.

@@ -14,6 +14,7 @@ use crate::boot::{self, BootError};
 use crate::config::{ConsoleOutput, VmConfig};
 use crate::cpu::Profile;
 use crate::devices::bus::Bus;
+use crate::devices::console_log::{self, CappedFile};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleSink, IrqTrigger, SerialDevice};
 use crate::devices::virtio::mmio::MmioTransport;
@@ -89,10 +90,7 @@ fn console_writer(c: &ConsoleOutput) -> Result<Box<dyn Write + Send>, VmError> {
         ConsoleOutput::Stdout => Box::new(std::io::stdout()),
         ConsoleOutput::Off => Box::new(std::io::sink()),
         ConsoleOutput::File(p) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
+            CappedFile::open(p, console_log::DEFAULT_MAX_BYTES)
                 .map_err(|e| VmError::Console(p.clone(), e))?,
         ),
     })
