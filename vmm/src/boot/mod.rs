@@ -3,6 +3,7 @@
 pub mod layout;
 pub mod mptable;
 pub mod regs;
+pub mod sparse;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -58,19 +59,18 @@ pub fn load(
     cmdline: &str,
     vcpus: u8,
 ) -> Result<GuestAddress, BootError> {
-    let mut f = File::open(kernel).map_err(|e| BootError::OpenKernel(kernel.into(), e))?;
+    let f = File::open(kernel).map_err(|e| BootError::OpenKernel(kernel.into(), e))?;
+    // Guest RAM is fresh here: the image's zero pages need not be written.
+    let mut f = sparse::SkipZeros::new(f, mem);
     let res = Elf::load(mem, None, &mut f, Some(GuestAddress(HIMEM_START)))
         .map_err(|e| BootError::LoadKernel(kernel.into(), e))?;
+    tracing::debug!(
+        "kernel image: {} KiB of zero pages not written",
+        f.skipped >> 10
+    );
     let PvhBootCapability::PvhEntryPresent(entry) = res.pvh_boot_cap else {
         return Err(BootError::NoPvhEntry(kernel.into()));
     };
-    // The image's alignment padding is megabytes of zeros: do not keep host
-    // pages for them (the guest reads zeros either way).
-    match crate::memory::release_zero_pages(mem, HIMEM_START, res.kernel_end) {
-        Ok(n) => tracing::debug!("released {} KiB of zero pages of the kernel image", n >> 10),
-        Err(e) => tracing::warn!("cannot release zero pages of the kernel image: {e}"),
-    }
-
     let mem_end = mem.last_addr().0 + 1;
     let mut modules = Vec::new();
     if let Some(path) = initrd {
@@ -132,7 +132,7 @@ fn load_initrd(
     kernel_end: u64,
     mem_end: u64,
 ) -> Result<(u64, u64), BootError> {
-    let mut f = File::open(path).map_err(|e| BootError::Initrd(path.into(), e))?;
+    let f = File::open(path).map_err(|e| BootError::Initrd(path.into(), e))?;
     let size = f
         .metadata()
         .map_err(|e| BootError::Initrd(path.into(), e))?
@@ -142,6 +142,8 @@ fn load_initrd(
     if addr < kernel_end {
         return Err(BootError::InitrdTooLarge { size, kernel_end });
     }
+    // Fresh guest RAM, as for the kernel: written through the memfd.
+    let mut f = sparse::SkipZeros::new(f, mem);
     mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)
         .map_err(|e| BootError::Initrd(path.into(), std::io::Error::other(e.to_string())))?;
     Ok((addr, size))
