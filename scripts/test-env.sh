@@ -26,6 +26,13 @@ lib=/var/lib/husk-test
 c2=/opt/husk-test/containerd2
 cni_bridge=husktest0
 cni_subnet=10.88.77.0/24
+# The host's address on the bridge (so tests can reach pods from the host)
+# and where the pods' addresses start. Pods get no default route and the
+# host no forwarding or NAT: test traffic stays on this bridge.
+cni_host_addr=10.88.77.1/24
+cni_range_start=10.88.77.2
+# Not the default 1500, so a test can tell the CNI's MTU reached the guest.
+cni_mtu=1400
 versions=(1.6 2)
 
 log() { echo "test-env: $*" >&2; }
@@ -152,6 +159,18 @@ write_vm_config() {
 	EOF
 }
 
+# The CNI bridge, made before the plugin sees it so it carries the host's
+# address (the plugin with isGateway=false leaves an existing bridge's
+# addresses alone and does not touch ip_forward).
+make_bridge() {
+	if ! ip link show "$cni_bridge" >/dev/null 2>&1; then
+		ip link add "$cni_bridge" type bridge
+	fi
+	ip link set "$cni_bridge" mtu "$cni_mtu"
+	ip addr replace "$cni_host_addr" dev "$cni_bridge"
+	ip link set "$cni_bridge" up
+}
+
 write_cni() {
 	mkdir -p "$run/cni/net.d"
 	cat >"$run/cni/net.d/10-husk-test.conflist" <<-EOF
@@ -162,11 +181,12 @@ write_cni() {
 		    {
 		      "type": "bridge",
 		      "bridge": "$cni_bridge",
+		      "mtu": $cni_mtu,
 		      "isGateway": false,
 		      "ipMasq": false,
 		      "ipam": {
 		        "type": "host-local",
-		        "ranges": [[{"subnet": "$cni_subnet"}]],
+		        "ranges": [[{"subnet": "$cni_subnet", "rangeStart": "$cni_range_start"}]],
 		        "dataDir": "$run/cni/ipam"
 		      }
 		    },
@@ -349,6 +369,7 @@ up() {
 	mkdir -p "$run" "$lib"
 	use_shim "${HUSK_SHIM_PROFILE:-debug}"
 	write_cni
+	make_bridge
 	if [ ! -s "$run/images/busybox.tar" ] || [ ! -s "$run/images/pause.tar" ]; then
 		log "building images"
 		"$repo/scripts/images/build.sh" "$run/images"
@@ -430,7 +451,7 @@ down() {
 	{ findmnt -rn -o TARGET | grep -E "^($run|$lib)/" || true; } | sort -r | while read -r m; do
 		umount -l "$m" 2>/dev/null || true
 	done
-	# network namespaces the CRI left (our containerds keep them under their state)
+	# the CNI bridge (its pods' veths went with their namespaces)
 	ip link del "$cni_bridge" 2>/dev/null || true
 	remove_test_cgroups
 	rm -rf "$run" "$lib"

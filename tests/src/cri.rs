@@ -93,6 +93,16 @@ impl Cri {
             .collect())
     }
 
+    /// PodSandboxStatus, verbose (with containerd's `info` JSON).
+    pub fn pod_status(&self, id: &str) -> Result<PodSandboxStatusResponse> {
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        };
+        self.call(|mut c| async move { c.pod_sandbox_status(req).await })
+            .context("PodSandboxStatus")
+    }
+
     /// StopPodSandbox.
     pub fn stop_pod(&self, id: &str) -> Result<()> {
         let req = StopPodSandboxRequest {
@@ -162,10 +172,20 @@ impl Cri {
 
     /// ExecSync; returns (exit code, stdout, stderr).
     pub fn exec_sync(&self, id: &str, cmd: &[&str]) -> Result<(i32, String, String)> {
+        self.exec_sync_timeout(id, cmd, 30)
+    }
+
+    /// ExecSync with the command's own timeout in seconds.
+    pub fn exec_sync_timeout(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout_secs: i64,
+    ) -> Result<(i32, String, String)> {
         let req = ExecSyncRequest {
             container_id: id.into(),
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 30,
+            timeout: timeout_secs,
         };
         let r = self
             .call(|mut c| async move { c.exec_sync(req).await })

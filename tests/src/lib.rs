@@ -13,6 +13,7 @@ pub mod cmd;
 pub mod cri;
 pub mod ctr;
 pub mod leftovers;
+pub mod net;
 pub mod target;
 pub mod vm;
 
