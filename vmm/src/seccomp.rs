@@ -31,6 +31,7 @@ pub enum ThreadKind {
 
 const KVM_RUN: u64 = 0xae80;
 const FIONBIO: u64 = 0x5421;
+const TUNSETOFFLOAD: u64 = crate::devices::virtio::net::TUNSETOFFLOAD;
 
 /// (syscall, reason) allowed on every thread.
 const COMMON: &[(i64, &str)] = &[
@@ -152,8 +153,10 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                     arg_rule(1, libc::F_GETFD as u64)?,
                 ],
             );
-            // FIONBIO: set_nonblocking on some std versions.
-            vec![arg_rule(1, FIONBIO)?]
+            // FIONBIO: set_nonblocking on some std versions; TUNSETOFFLOAD:
+            // virtio-net tells the tap which offloads the guest took when
+            // the driver goes live.
+            vec![arg_rule(1, FIONBIO)?, arg_rule(1, TUNSETOFFLOAD)?]
         }
         // KVM_RUN is the only ioctl a running vCPU makes.
         ThreadKind::Vcpu => {
@@ -255,5 +258,51 @@ mod tests {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");
         assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+    }
+
+    /// Runs `f` in a forked child under the `kind` filter; its wait status.
+    fn in_filtered_child(kind: ThreadKind, f: fn()) -> i32 {
+        // SAFETY: the child installs the filter, runs `f` (plain syscalls)
+        // and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = match apply(kind) {
+                Ok(()) => {
+                    f();
+                    0
+                }
+                Err(_) => 2,
+            };
+            // SAFETY: _exit in the forked child.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child we forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        status
+    }
+
+    #[test]
+    fn event_loop_may_set_tap_offloads_but_not_create_taps() {
+        // On stdin (not a tap) the ioctl fails with ENOTTY/EBADFD: allowed.
+        let ok = in_filtered_child(ThreadKind::Vmm, || {
+            // SAFETY: TUNSETOFFLOAD takes its argument by value.
+            unsafe { libc::ioctl(0, TUNSETOFFLOAD, 0u64) };
+        });
+        assert!(
+            libc::WIFEXITED(ok) && libc::WEXITSTATUS(ok) == 0,
+            "status {ok:#x}"
+        );
+        let blocked = in_filtered_child(ThreadKind::Vmm, || {
+            // SAFETY: TUNSETIFF with a null pointer fails with EFAULT if it
+            // is ever let through.
+            unsafe { libc::ioctl(0, 0x4004_54ca, std::ptr::null::<u8>()) };
+        });
+        assert!(libc::WIFSIGNALED(blocked), "status {blocked:#x}");
+        let vcpu = in_filtered_child(ThreadKind::Vcpu, || {
+            // SAFETY: as above.
+            unsafe { libc::ioctl(0, TUNSETOFFLOAD, 0u64) };
+        });
+        assert!(libc::WIFSIGNALED(vcpu), "vCPU threads: status {vcpu:#x}");
     }
 }

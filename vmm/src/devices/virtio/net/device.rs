@@ -10,7 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::tap::{NetBackend, VNET_HDR_LEN};
+use super::tap::{NetBackend, TUN_F_CSUM, TUN_F_TSO4, VNET_HDR_LEN};
 use crate::devices::virtio::{
     ActivateError, Activation, GuestErrorLog, Interrupt, VirtioDevice, MAX_CHAIN_LEN, TYPE_NET,
 };
@@ -19,8 +19,36 @@ use crate::memory::GuestMem;
 const QUEUE_SIZE: u16 = 256;
 /// Header plus the largest frame the tap can hand us.
 const MAX_FRAME: usize = VNET_HDR_LEN + 65550;
+/// VIRTIO_NET_F_CSUM: the guest may send partially checksummed frames.
+const F_CSUM: u64 = 1 << 0;
+/// VIRTIO_NET_F_GUEST_CSUM: the guest takes partially checksummed frames.
+const F_GUEST_CSUM: u64 = 1 << 1;
 /// VIRTIO_NET_F_MAC: the device has a MAC address in its config.
 const F_MAC: u64 = 1 << 5;
+/// VIRTIO_NET_F_GUEST_TSO4: the guest takes TCPv4 segments up to 64 KiB.
+const F_GUEST_TSO4: u64 = 1 << 7;
+/// VIRTIO_NET_F_HOST_TSO4: the guest may send TCPv4 segments up to 64 KiB.
+const F_HOST_TSO4: u64 = 1 << 11;
+/// What the device offers. The tap does the work: it takes the guest's
+/// virtio-net header as it is (IFF_VNET_HDR) and, told which offloads the
+/// guest took (TUNSETOFFLOAD), hands it large or partially checksummed
+/// frames only then. Every guest kernel packet costs a lot on an emulating
+/// host, so segmentation offload is what makes guest TCP usable there.
+/// Without VIRTIO_NET_F_MRG_RXBUF a guest that takes GUEST_TSO4 posts
+/// 64 KiB receive chains ("big packets"), which fit MAX_CHAIN_LEN.
+const FEATURES: u64 = F_MAC | F_CSUM | F_GUEST_CSUM | F_GUEST_TSO4 | F_HOST_TSO4;
+
+/// The tap offloads (TUN_F_*) matching the features the guest acked.
+fn tap_offloads(acked: u64) -> u32 {
+    let mut f = 0;
+    if acked & F_GUEST_CSUM != 0 {
+        f |= TUN_F_CSUM;
+        if acked & F_GUEST_TSO4 != 0 {
+            f |= TUN_F_TSO4;
+        }
+    }
+    f
+}
 
 struct Active {
     mem: GuestMem,
@@ -29,6 +57,8 @@ struct Active {
     txq: Queue,
     tx_evt: EventFd,
     interrupt: Arc<Interrupt>,
+    /// TUN_F_* for the tap, set by the event loop once the device is live.
+    offloads: u32,
 }
 
 /// virtio-net device.
@@ -175,7 +205,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         &self.sizes
     }
     fn features(&self) -> u64 {
-        F_MAC
+        FEATURES
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut cfg = [0u8; 8];
@@ -195,6 +225,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
             txq,
             tx_evt,
             interrupt: act.interrupt,
+            offloads: tap_offloads(act.acked_features),
         });
         self.activate_evt
             .write(1)
@@ -224,6 +255,14 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
         if fd == self.activate_evt.as_raw_fd() {
             let _ = self.activate_evt.read();
             if let Some(a) = &self.active {
+                // Always set, 0 included: a driver re-activating with fewer
+                // features must not get frames it cannot take.
+                if let Err(e) = self.backend.set_offloads(a.offloads) {
+                    tracing::warn!(
+                        "virtio-net: tap offloads {:#x} refused ({e}); frames stay MTU-sized",
+                        a.offloads
+                    );
+                }
                 let _ = ops.add(Events::new(&a.rx_evt, EventSet::IN));
                 let _ = ops.add(Events::new(&a.tx_evt, EventSet::IN));
                 let _ = ops.add(Events::new_raw(self.backend.fd(), EventSet::IN));
@@ -265,6 +304,7 @@ mod tests {
         incoming: VecDeque<Vec<u8>>,
         sent: Vec<Vec<u8>>,
         evt: EventFd,
+        offloads: Vec<u32>,
     }
     impl NetBackend for Fake {
         fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -278,6 +318,10 @@ mod tests {
         }
         fn fd(&self) -> RawFd {
             self.evt.as_raw_fd()
+        }
+        fn set_offloads(&mut self, flags: u32) -> std::io::Result<()> {
+            self.offloads.push(flags);
+            Ok(())
         }
     }
 
@@ -298,6 +342,7 @@ mod tests {
             incoming: VecDeque::new(),
             sent: vec![],
             evt: EventFd::new(0).unwrap(),
+            offloads: vec![],
         };
         let mut net = Net::new(fake, [2, 0, 0, 0, 0, 1]).unwrap();
         net.activate(Activation {
@@ -373,6 +418,25 @@ mod tests {
         assert_eq!(&got[10..12], &[1, 0], "num_buffers = 1");
         assert_eq!(&got[12..], b"incoming");
         assert!(net.rx_watching);
+    }
+
+    #[test]
+    fn offloads_follow_what_the_guest_acked() {
+        assert_eq!(tap_offloads(0), 0);
+        assert_eq!(tap_offloads(F_GUEST_TSO4), 0, "TSO needs GUEST_CSUM");
+        assert_eq!(tap_offloads(F_GUEST_CSUM), TUN_F_CSUM);
+        assert_eq!(
+            tap_offloads(F_GUEST_CSUM | F_GUEST_TSO4 | F_CSUM | F_HOST_TSO4),
+            TUN_F_CSUM | TUN_F_TSO4
+        );
+        let mem = guest_mem();
+        let (net, _rx, _tx) = rig(&mem);
+        assert_eq!(net.features() & FEATURES, FEATURES);
+        assert_eq!(
+            net.active.as_ref().unwrap().offloads,
+            0,
+            "rig acks only F_MAC"
+        );
     }
 
     #[test]

@@ -4,4 +4,4 @@ mod device;
 mod tap;
 
 pub use device::Net;
-pub use tap::{NetBackend, Tap, TapError};
+pub use tap::{NetBackend, Tap, TapError, TUNSETOFFLOAD};

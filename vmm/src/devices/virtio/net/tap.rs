@@ -12,6 +12,12 @@ pub const VNET_HDR_LEN: usize = 12;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+/// `_IOW('T', 208, unsigned int)`; its argument is the flags themselves.
+pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// The reader takes partially checksummed frames.
+pub const TUN_F_CSUM: u32 = 0x01;
+/// The reader takes TCPv4 segments (needs TUN_F_CSUM).
+pub const TUN_F_TSO4: u32 = 0x02;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -35,6 +41,8 @@ pub trait NetBackend: Send {
     fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
     fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<()>;
     fn fd(&self) -> RawFd;
+    /// Which offloaded frames (TUN_F_*) the guest takes.
+    fn set_offloads(&mut self, flags: u32) -> std::io::Result<()>;
 }
 
 /// An open tap device.
@@ -130,6 +138,20 @@ impl NetBackend for Tap {
     }
     fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+    fn set_offloads(&mut self, flags: u32) -> std::io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes the flags by value; no memory is passed.
+        if unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        } < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 
