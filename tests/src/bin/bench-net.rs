@@ -1,38 +1,33 @@
 //! TCP throughput of pod networking, husk VM mode against containerd's runc
 //! shim in one run, over the test environment's CNI bridge
-//! (scripts/bench-net.sh starts it and picks the builds).
+//! (scripts/bench-net.sh starts it, builds the iperf3 image and picks the
+//! builds).
 //!
-//! Per runtime two CRI pods: A runs busybox `nc -l` sinks on two ports (in
-//! a loop: one connection each), B holds a file of the payload size. Each
-//! run measures, runtimes interleaved:
-//! - host → pod: this process connects to A, sends the payload, half-closes
-//!   and waits for A to close (its `nc` read everything);
-//! - pod → pod: in B, `nc A PORT < payload` between two clock readings
-//!   (busybox `adjtimex`, µs), and the same with an empty input; the
-//!   difference is the transfer.
+//! Per runtime two CRI pods from `localhost/iperf3:local`: A runs
+//! `iperf3 -s`, B idles. Each run, runtimes interleaved, measures for
+//! `--seconds` each:
+//! - host → pod: this host's `iperf3 -c A`;
+//! - pod → pod: `iperf3 -c A` executed in B.
 //!
-//! usage: bench-net [--containerd 1.6|2] [--runs N] [--mib M]
+//! The receiver's rate is reported (iperf3's `end.sum_received`).
+//!
+//! usage: bench-net [--containerd 1.6|2] [--runs N] [--seconds S]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use husk_e2e::cmd::poll;
+use husk_e2e::cmd::{self, poll};
 use husk_e2e::cri::{container_config, pod_config, Cri};
 use husk_e2e::net;
 use husk_e2e::Containerd;
 
-const SINKS: &str = "(while :; do nc -l -p 5001 >/dev/null; done) & \
-                     (while :; do nc -l -p 5002 >/dev/null; done) & wait";
-const POD_PORT: u16 = 5001;
-const HOST_PORT: u16 = 5002;
+const IMAGE: &str = "localhost/iperf3:local";
 /// A call that may boot a guest.
 const BOOT: Duration = Duration::from_secs(300);
 
 struct Pods {
     runtime: &'static str,
-    handler: &'static str,
     ids: Vec<String>,
     a_ip: String,
     b: String,
@@ -41,14 +36,14 @@ struct Pods {
 struct Args {
     containerd: Containerd,
     runs: usize,
-    mib: usize,
+    seconds: u32,
 }
 
 fn args() -> Result<Args> {
     let mut a = Args {
         containerd: Containerd::V16,
         runs: 3,
-        mib: 2,
+        seconds: 10,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -63,109 +58,93 @@ fn args() -> Result<Args> {
                 }
             }
             "--runs" => a.runs = v.parse()?,
-            "--mib" => a.mib = v.parse()?,
-            _ => bail!("usage: bench-net [--containerd 1.6|2] [--runs N] [--mib M]"),
+            "--seconds" => a.seconds = v.parse()?,
+            _ => bail!("usage: bench-net [--containerd 1.6|2] [--runs N] [--seconds S]"),
         }
     }
-    ensure!(a.runs > 0 && a.mib > 0, "--runs and --mib must be positive");
+    ensure!(
+        a.runs > 0 && a.seconds > 0,
+        "--runs and --seconds must be positive"
+    );
     Ok(a)
 }
 
-fn start_pods(cri: &Cri, runtime: &'static str, handler: &'static str, mib: usize) -> Result<Pods> {
-    let tag = format!("husk-bench-net-{runtime}-{}", std::process::id());
+fn start_pods(cri: &Cri, runtime: &'static str, handler: &'static str) -> Result<Pods> {
+    let tag = format!("husk-bench-net-{handler}-{}", std::process::id());
     let mut ids = Vec::new();
-    let mut pod = |name: &str, script: &str| -> Result<(String, String)> {
+    let mut pod = |name: &str, command: &[&str]| -> Result<(String, String)> {
         let cfg = pod_config(&format!("{tag}-{name}"), "");
         let id = cri.run_pod(&cfg, handler)?;
         ids.push(id.clone());
+        let mut c = container_config(name, "", None);
+        c.command = command.iter().map(|s| s.to_string()).collect();
+        if let Some(i) = c.image.as_mut() {
+            i.image = IMAGE.into();
+        }
         let c = cri
-            .create_container(&id, &container_config(name, script, None), &cfg)
+            .create_container(&id, &c, &cfg)
             .context("CreateContainer")?;
         cri.start_container(&c)?;
         Ok((id, c))
     };
-    let (a, _) = pod("a", SINKS)?;
-    let payload =
-        format!("dd if=/dev/zero of=/tmp/payload bs=1048576 count={mib} 2>/dev/null; sleep 36000");
-    let (_, b) = pod("b", &payload)?;
+    let (a, _) = pod("a", &["iperf3", "-s"])?;
+    let (_, b) = pod("b", &["sleep", "36000"])?;
     let a_ip = net::pod_net(cri, &a)?.ip;
-    poll(BOOT, "the payload file", || {
-        let (code, out, _) = cri.exec_sync(&b, &["ls", "-l", "/tmp/payload"])?;
-        Ok((code == 0 && out.contains(&(mib << 20).to_string())).then_some(()))
-    })?;
     Ok(Pods {
         runtime,
-        handler,
         ids,
         a_ip,
         b,
     })
 }
 
-/// Seconds from connect to the server's close, sending `bytes`.
-fn host_to_pod(ip: &str, bytes: usize) -> Result<f64> {
-    let addr: SocketAddr = format!("{ip}:{HOST_PORT}").parse()?;
-    let buf = vec![0u8; 64 << 10];
-    poll(Duration::from_secs(120), "a host → pod transfer", || {
-        let t = Instant::now();
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
-            return Ok(None); // the sink restarts between connections
-        };
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(buf.len());
-            if s.write_all(&buf[..n]).is_err() {
-                return Ok(None);
-            }
-            left -= n;
-        }
-        s.shutdown(std::net::Shutdown::Write)?;
-        s.set_read_timeout(Some(Duration::from_secs(600)))?;
-        let mut rest = Vec::new();
-        s.read_to_end(&mut rest)?;
-        Ok(Some(t.elapsed().as_secs_f64()))
+/// The receiver's rate in MB/s from `iperf3 -J` output.
+fn received_mb_per_s(json: &str) -> Result<f64> {
+    let v: serde_json::Value = serde_json::from_str(json).context("iperf3 JSON")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no end.sum_received.bits_per_second")?;
+    Ok(bps / 8e6)
+}
+
+fn client_args(ip: &str, seconds: u32) -> Vec<String> {
+    [
+        "-c",
+        ip,
+        "-t",
+        &seconds.to_string(),
+        "-J",
+        "--connect-timeout",
+        "30000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// iperf3 from this host to pod A; retried while the server is not up yet.
+fn host_to_pod(p: &Pods, seconds: u32) -> Result<f64> {
+    let limit = Duration::from_secs(u64::from(seconds) + 120);
+    poll(BOOT, "host → pod iperf3", || {
+        let out = cmd::run(
+            Command::new("iperf3").args(client_args(&p.a_ip, seconds)),
+            limit,
+        )?;
+        Ok(received_mb_per_s(&out.stdout).ok())
     })
 }
 
-/// The wall clock in µs from busybox `adjtimex` output (`time.tv_sec:`,
-/// `time.tv_usec:` lines), one reading per `---` separated block.
-fn adjtimex_us(out: &str) -> Result<Vec<u64>> {
-    out.split("---")
-        .filter(|b| b.contains("tv_sec"))
-        .map(|b| {
-            let field = |name: &str| -> Result<u64> {
-                let l = b
-                    .lines()
-                    .find(|l| l.trim_start().starts_with(name))
-                    .with_context(|| format!("no {name} in {b:?}"))?;
-                Ok(l.rsplit(':').next().unwrap_or("").trim().parse()?)
-            };
-            Ok(field("time.tv_sec")? * 1_000_000 + field("time.tv_usec")?)
-        })
-        .collect()
-}
-
-/// Seconds of one `nc` from pod B to pod A with `input` on its stdin, the
-/// clock read with busybox `adjtimex` (µs; `date` has no sub-second format)
-/// before it and after it (so the window holds nc's and the second
-/// reader's process starts: the empty-input run measures those).
-fn pod_to_pod(cri: &Cri, p: &Pods, input: &str) -> Result<f64> {
-    let script = format!(
-        "a=$(adjtimex); nc -w 30 {} {POD_PORT} < {input} || exit 1; b=$(adjtimex); \
-         echo \"$a\"; echo ---; echo \"$b\"",
-        p.a_ip
-    );
-    poll(Duration::from_secs(300), "a pod → pod transfer", || {
-        let (code, out, _) = cri.exec_sync_timeout(&p.b, &["sh", "-c", &script], 600)?;
-        if code != 0 {
-            // refused: the sink restarts between connections
-            std::thread::sleep(Duration::from_millis(500));
-            return Ok(None);
-        }
-        match adjtimex_us(&out)?.as_slice() {
-            [a, b] if b >= a => Ok(Some((b - a) as f64 / 1e6)),
-            r => bail!("two clock readings expected, got {r:?} from {out:?}"),
-        }
+/// iperf3 from pod B to pod A.
+fn pod_to_pod(cri: &Cri, p: &Pods, seconds: u32) -> Result<f64> {
+    let mut argv = vec!["iperf3".to_string()];
+    argv.extend(client_args(&p.a_ip, seconds));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    poll(BOOT, "pod → pod iperf3", || {
+        let (_, out, _) = cri.exec_sync_timeout(&p.b, &argv, i64::from(seconds) + 120)?;
+        Ok(received_mb_per_s(&out).ok())
     })
 }
 
@@ -176,42 +155,28 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() -> Result<()> {
     let a = args()?;
-    let socket = a.containerd.socket();
-    let cri = Cri::connect_with_timeout(&socket, BOOT)?;
-    let bytes = a.mib << 20;
-    let mb = bytes as f64 / 1e6;
+    let cri = Cri::connect_with_timeout(&a.containerd.socket(), BOOT)?;
     let mut all = Vec::new();
     let result = (|| -> Result<()> {
         for (rt, handler) in [("runc.v2", "runc"), ("husk vm", "husk")] {
             eprintln!("bench-net: starting the {rt} pods");
-            all.push(start_pods(&cri, rt, handler, a.mib)?);
+            all.push(start_pods(&cri, rt, handler)?);
         }
         // [runtime][direction] -> MB/s per run
         let mut rates = vec![[Vec::new(), Vec::new()]; all.len()];
-        println!("| run | runtime | host → pod s | MB/s | pod → pod s (empty nc s) | MB/s |");
-        println!("| --- | --- | ---: | ---: | ---: | ---: |");
+        println!("| run | runtime | host → pod MB/s | pod → pod MB/s |");
+        println!("| --- | --- | ---: | ---: |");
         for run in 1..=a.runs {
             for (i, p) in all.iter().enumerate() {
-                let h = host_to_pod(&p.a_ip, bytes)?;
-                let full = pod_to_pod(&cri, p, "/tmp/payload")?;
-                let empty = pod_to_pod(&cri, p, "/dev/null")?;
-                let transfer = (full - empty).max(0.01);
-                rates[i][0].push(mb / h);
-                rates[i][1].push(mb / transfer);
-                println!(
-                    "| {run} | {} ({}) | {h:.2} | {:.3} | {full:.2} ({empty:.2}) | {:.3} |",
-                    p.runtime,
-                    p.handler,
-                    mb / h,
-                    mb / transfer
-                );
+                let h = host_to_pod(p, a.seconds)?;
+                let q = pod_to_pod(&cri, p, a.seconds)?;
+                rates[i][0].push(h);
+                rates[i][1].push(q);
+                println!("| {run} | {} | {h:.3} | {q:.3} |", p.runtime);
             }
         }
         println!();
-        println!(
-            "medians over {} runs, {} MiB per connection:",
-            a.runs, a.mib
-        );
+        println!("medians over {} runs of {} s:", a.runs, a.seconds);
         let med: Vec<[f64; 2]> = rates
             .iter_mut()
             .map(|r| [median(&mut r[0]), median(&mut r[1])])
@@ -222,13 +187,13 @@ fn main() -> Result<()> {
                 p.runtime, m[0], m[1]
             );
         }
-        if med.len() == 2 {
+        if let [runc, husk] = med.as_slice() {
             println!(
                 "  husk vm / runc.v2: host → pod {:.4} (1/{:.0}), pod → pod {:.4} (1/{:.0})",
-                med[1][0] / med[0][0],
-                med[0][0] / med[1][0],
-                med[1][1] / med[0][1],
-                med[0][1] / med[1][1]
+                husk[0] / runc[0],
+                runc[0] / husk[0],
+                husk[1] / runc[1],
+                runc[1] / husk[1]
             );
         }
         Ok(())
@@ -247,9 +212,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_adjtimex_pairs() {
-        let out = "    mode:         0\n    time.tv_sec:  100\n    time.tv_usec: 250000\n---\n    time.tv_sec:  101\n    time.tv_usec: 5\n";
-        assert_eq!(adjtimex_us(out).unwrap(), vec![100_250_000, 101_000_005]);
-        assert!(adjtimex_us("time.tv_sec: x").is_err());
+    fn reads_the_receivers_rate() {
+        let j = r#"{"end": {"sum_sent": {"bits_per_second": 9e6},
+                            "sum_received": {"bits_per_second": 8e6}}}"#;
+        assert_eq!(received_mb_per_s(j).unwrap(), 1.0);
+        let e = received_mb_per_s(r#"{"error": "unable to connect"}"#).unwrap_err();
+        assert!(e.to_string().contains("unable to connect"));
+        assert!(received_mb_per_s("not json").is_err());
     }
 }
