@@ -45,6 +45,7 @@ impl VmSandbox {
     }
 
     async fn boot(&self, first: &CreateRequest) -> Result<PodVm> {
+        let started = Instant::now();
         let info = SandboxInfo {
             id: self.id.clone(),
             shim_pid: std::process::id(),
@@ -87,6 +88,7 @@ impl VmSandbox {
             cgroups_path,
             config_hint: self.config_hint.clone(),
             net: net.as_ref().map(|(n, _)| n),
+            started,
         })
         .await?;
         let ready = async {

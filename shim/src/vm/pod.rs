@@ -51,6 +51,8 @@ pub struct BootRequest<'a> {
     pub config_hint: String,
     /// The pod's tap, when its network namespace has an interface.
     pub net: Option<&'a PodNet>,
+    /// When the shim began to set the pod up (its first Create).
+    pub started: Instant,
 }
 
 /// A watch that turns `Some` when the process exits.
@@ -116,6 +118,9 @@ impl PodVm {
                 return Err(e);
             }
         };
+        // everything the shim does on the host before the VMM runs: state
+        // dir, share, network, cgroup, virtiofsd, the spawn
+        tracing::info!("vm phase=host ms={}", req.started.elapsed().as_millis());
         if let Some(cg) = &cgroup {
             for pid in [fsd.pid, vmm.pid] {
                 if let Err(e) = cg.add(pid) {
