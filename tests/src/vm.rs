@@ -155,6 +155,29 @@ pub fn shim_pid(sandbox_id: &str) -> Result<u32> {
     }
 }
 
+/// The cgroup paths of `pid` in the hierarchies a pod cgroup uses
+/// (`/proc/<pid>/cgroup`: `id:controllers:path`): the v1 hierarchies, or the
+/// unified one on a cgroup v2 host (on a hybrid host the controller-less
+/// unified hierarchy is not used). Pairs of controllers and path.
+pub fn cgroups_of(pid: u32) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .with_context(|| format!("read /proc/{pid}/cgroup"))?;
+    let lines: Vec<(String, String, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (id, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((id.to_string(), ctrl.to_string(), path.to_string()))
+        })
+        .collect();
+    let v1 = lines.iter().any(|(id, _, _)| id != "0");
+    Ok(lines
+        .into_iter()
+        .filter(|(id, _, _)| !v1 || id != "0")
+        .map(|(_, ctrl, path)| (ctrl, path))
+        .collect())
+}
+
 /// SIGKILL to `pid`.
 pub fn kill9(pid: u32) -> Result<()> {
     let out = std::process::Command::new("kill")

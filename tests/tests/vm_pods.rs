@@ -286,6 +286,32 @@ fn cri_pod_in_one_vm(case: &mut Case) -> Result<()> {
         let own = vm::pids_of("husk-vmm", id);
         ensure!(own.is_empty(), "container {id} got its own VM: {own:?}");
     }
+    // the pod's host processes are in its cgroup (under the pod's cgroup
+    // parent) in every hierarchy
+    let parent = pod_cfg
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .unwrap_or_default();
+    let helpers = [
+        ("shim", vm::shim_pid(&pod)?),
+        ("husk-vmm", vm::pod_process(case.target, &pod, "husk-vmm")?),
+        (
+            "virtiofsd",
+            vm::pod_process(case.target, &pod, "virtiofsd")?,
+        ),
+    ];
+    for (what, pid) in helpers {
+        let cgroups = vm::cgroups_of(pid)?;
+        let outside: Vec<_> = cgroups
+            .iter()
+            .filter(|(_, path)| !path.starts_with(&format!("{parent}/")))
+            .collect();
+        ensure!(
+            !cgroups.is_empty() && outside.is_empty(),
+            "{what} ({pid}) is outside the pod cgroup under {parent}: {outside:?}"
+        );
+    }
     let boot_ids: Vec<String> = [&app, &sleeper]
         .iter()
         .map(|id| exec_ok(&cri, id, &["cat", "/proc/sys/kernel/random/boot_id"]))

@@ -5,6 +5,8 @@
 //! `PR_SET_PDEATHSIG = SIGKILL`: if the shim is killed, its VM goes too, and
 //! `shim delete` only has mounts and files left to clean.
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -107,17 +109,39 @@ fn log_file(path: &Path) -> Result<std::fs::File, SandboxError> {
         .map_err(SandboxError::io(format!("cannot open {}", path.display())))
 }
 
-fn spawn(mut cmd: Command, what: &str, paths: &PodPaths) -> Result<Started, SandboxError> {
+fn spawn(
+    mut cmd: Command,
+    what: &str,
+    paths: &PodPaths,
+    join: &[PathBuf],
+) -> Result<Started, SandboxError> {
     let log = log_file(&paths.dir.join(format!("{what}.log")))?;
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone().map_err(SandboxError::io("dup log"))?)
         .stderr(log);
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
-    // memory of the parent; it runs in the child between fork and exec.
+    // Built before the fork: the child may not allocate.
+    let join: Vec<CString> = join
+        .iter()
+        .filter_map(|p| CString::new(p.as_os_str().as_bytes()).ok())
+        .collect();
+    // SAFETY: prctl(PR_SET_PDEATHSIG), open, write and close are
+    // async-signal-safe; the child only reads `join`, built before the
+    // fork, and touches no other memory of the parent. It runs in the child
+    // between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // Into the pod cgroup before exec, so that everything the
+            // program allocates is charged to the pod. Failures are left
+            // to the caller's check after the spawn (it logs them).
+            for procs in &join {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
             }
             Ok(())
         });
@@ -146,7 +170,7 @@ pub async fn start_virtiofsd(
         .arg(format!("--cache={}", cfg.virtiofs_cache))
         .arg("--announce-submounts")
         .arg("--log-level=warn");
-    let mut started = spawn(cmd, "virtiofsd", paths)?;
+    let mut started = spawn(cmd, "virtiofsd", paths, &[])?;
     let deadline = Instant::now() + VIRTIOFSD_START;
     while !paths.fs_socket().exists() {
         if let Ok(status) = started.exit.try_recv() {
@@ -168,12 +192,15 @@ pub async fn start_virtiofsd(
 }
 
 /// Starts husk-vmm with the guest kernel, the share and the vsock socket.
+/// It joins the cgroups whose `cgroup.procs` files `join` names before it
+/// runs (the pod cgroup).
 pub fn start_vmm(
     cfg: &VmConfig,
     bin: &Path,
     paths: &PodPaths,
     size: Sizing,
     net: Option<&PodNet>,
+    join: &[PathBuf],
 ) -> Result<Started, SandboxError> {
     let mut cmd = Command::new(bin);
     cmd.arg("--kernel")
@@ -201,7 +228,7 @@ pub fn start_vmm(
             .arg(&n.netns)
             .args(["--mac", &n.mac]);
     }
-    spawn(cmd, "vmm", paths)
+    spawn(cmd, "vmm", paths, join)
 }
 
 /// The last `n` lines of a log file, joined with " | " (for error messages).

@@ -12,7 +12,7 @@ use oci_spec::runtime::{LinuxResources, Process};
 use super::cleanup::SandboxInfo;
 use super::guest_spec::{self, Role};
 use super::net::{self, NetError, SpecNetwork};
-use super::pod::{BootRequest, PodVm};
+use super::pod::{BootRequest, CgroupSetup, PodVm};
 use super::{
     agent_error, cleanup, share, stats, BundleMarker, Container, ContainerShare, GuestProcess,
     VmSandbox, BUNDLE_MARKER,
@@ -58,34 +58,30 @@ impl VmSandbox {
             ));
         }
         cleanup::write_sandbox(&self.paths.dir, &info).map_err(internal)?;
-        share::prepare(&self.paths.dir)?;
-        let net = match &spec_net {
-            SpecNetwork::Joined(netns) => {
-                let t = Instant::now();
-                let net = net::attach(&self.paths.dir, netns)
-                    .await
-                    .map_err(|e| match e {
-                        NetError::Unsupported(_) => SandboxError::FailedPrecondition(e.to_string()),
-                        _ => SandboxError::Internal(format!("pod network: {e}")),
-                    })?;
-                tracing::info!("vm phase=network ms={}", t.elapsed().as_millis());
-                net
-            }
-            _ => None,
-        };
         let cgroups_path = first
             .spec
             .linux()
             .as_ref()
             .and_then(|l| l.cgroups_path().as_ref())
             .map(|p| p.display().to_string());
+        let cgroup = CgroupSetup::start(cgroups_path, &self.paths.dir);
+        let prepared = self.prepare_host(&spec_net).await;
+        let net = match prepared {
+            Ok(net) => net,
+            Err(e) => {
+                // Recorded in the pod dir: the caller's teardown removes it.
+                let _ = cgroup.finish().await;
+                return Err(e);
+            }
+        };
+
         let vm = PodVm::boot(BootRequest {
             cfg: &self.cfg,
             vmm: &self.vmm,
             virtiofsd: &self.virtiofsd,
             paths: self.paths.clone(),
             size: super::launch::sizing(&self.cfg, &first.spec),
-            cgroups_path,
+            cgroup,
             config_hint: self.config_hint.clone(),
             net: net.as_ref().map(|(n, _)| n),
             started,
@@ -110,6 +106,28 @@ impl VmSandbox {
     }
 
     /// Subscribes to the agent's events (OOM) before any container runs.
+    /// The pod's share, and its tap when the spec joins a network namespace.
+    async fn prepare_host(
+        &self,
+        spec_net: &SpecNetwork,
+    ) -> Result<Option<(net::PodNet, pb::NetworkConfig)>> {
+        share::prepare(&self.paths.dir)?;
+        match spec_net {
+            SpecNetwork::Joined(netns) => {
+                let t = Instant::now();
+                let net = net::attach(&self.paths.dir, netns)
+                    .await
+                    .map_err(|e| match e {
+                        NetError::Unsupported(_) => SandboxError::FailedPrecondition(e.to_string()),
+                        _ => SandboxError::Internal(format!("pod network: {e}")),
+                    })?;
+                tracing::info!("vm phase=network ms={}", t.elapsed().as_millis());
+                Ok(net)
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn watch_events(&self, vm: &PodVm) -> Result<()> {
         let mut stream = vm
             .agent()

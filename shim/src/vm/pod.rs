@@ -46,8 +46,8 @@ pub struct BootRequest<'a> {
     pub virtiofsd: &'a Path,
     pub paths: PodPaths,
     pub size: Sizing,
-    /// The pod's host cgroup (cgroupsPath of its first container), if any.
-    pub cgroups_path: Option<String>,
+    /// The pod's host cgroup being set up (see [`CgroupSetup::start`]).
+    pub cgroup: CgroupSetup,
     pub config_hint: String,
     /// The pod's tap, when its network namespace has an interface.
     pub net: Option<&'a PodNet>,
@@ -77,40 +77,34 @@ impl PodVm {
     /// everything started is stopped again (the caller removes the dir).
     pub async fn boot(req: BootRequest<'_>) -> Result<PodVm, SandboxError> {
         let paths = req.paths.clone();
-        let mut cgroup = match &req.cgroups_path {
-            Some(p) if !p.is_empty() => Some(PodCgroup::create(p).map_err(|e| match e {
-                PodCgroupError::Unsupported(_) => SandboxError::FailedPrecondition(e.to_string()),
-                _ => SandboxError::Internal(format!("pod cgroup {p}: {e}")),
-            })?),
-            _ => None,
-        };
-        if let Some(cg) = &mut cgroup {
-            // Saved before the shim enters it (a crash in between still
-            // leaves a record for `shim delete`), and again with the
-            // shim's origin.
-            let saved = cg.save(&paths.dir).and_then(|()| match cg.enter_self() {
-                Ok(()) => cg.save(&paths.dir),
-                Err(e) => {
-                    tracing::warn!("cannot move the shim into the pod cgroup: {e}");
-                    Ok(())
-                }
-            });
-            if let Err(e) = saved {
-                release_cgroup(&cgroup);
-                return Err(SandboxError::Internal(format!("save pod cgroup: {e}")));
-            }
-        }
         let t0 = Instant::now();
-        let fsd = match launch::start_virtiofsd(req.cfg, req.virtiofsd, &paths).await {
-            Ok(f) => f,
-            Err(e) => {
-                release_cgroup(&cgroup);
+        let fsd = launch::start_virtiofsd(req.cfg, req.virtiofsd, &paths).await;
+        if fsd.is_ok() {
+            tracing::info!("vm phase=virtiofsd ms={}", t0.elapsed().as_millis());
+        }
+        let cgroup = req.cgroup.finish().await;
+        let (fsd, cgroup) = match (fsd, cgroup) {
+            (Ok(fsd), Ok(cgroup)) => (fsd, cgroup),
+            (Err(e), cgroup) => {
+                release_cgroup(&cgroup.unwrap_or(None));
+                return Err(e);
+            }
+            (Ok(fsd), Err(e)) => {
+                sigkill(fsd.pid);
                 return Err(e);
             }
         };
-        tracing::info!("vm phase=virtiofsd ms={}", t0.elapsed().as_millis());
+        if let Some(cg) = &cgroup {
+            if let Err(e) = cg.add(fsd.pid) {
+                tracing::warn!("cannot move {} into the pod cgroup: {e}", fsd.pid);
+            }
+        }
         let t1 = Instant::now();
-        let vmm = match launch::start_vmm(req.cfg, req.vmm, &paths, req.size, req.net) {
+        let join = cgroup
+            .as_ref()
+            .map(PodCgroup::procs_files)
+            .unwrap_or_default();
+        let vmm = match launch::start_vmm(req.cfg, req.vmm, &paths, req.size, req.net, &join) {
             Ok(v) => v,
             Err(e) => {
                 sigkill(fsd.pid);
@@ -122,10 +116,9 @@ impl PodVm {
         // dir, share, network, cgroup, virtiofsd, the spawn
         tracing::info!("vm phase=host ms={}", req.started.elapsed().as_millis());
         if let Some(cg) = &cgroup {
-            for pid in [fsd.pid, vmm.pid] {
-                if let Err(e) = cg.add(pid) {
-                    tracing::warn!("cannot move {pid} into the pod cgroup: {e}");
-                }
+            // husk-vmm joined before exec; this checks it (and says so).
+            if let Err(e) = cg.add(vmm.pid) {
+                tracing::warn!("cannot move {} into the pod cgroup: {e}", vmm.pid);
             }
         }
         let (fsd_pid, vmm_pid) = (fsd.pid, vmm.pid);
@@ -238,6 +231,62 @@ async fn exited_within(done: &watch::Receiver<Option<ExitStatus>>, limit: Durati
     })
     .await
     .is_ok()
+}
+
+/// The pod cgroup being made, recorded and entered by the shim on a
+/// blocking thread while the shim prepares the rest of the pod: the first
+/// cgroup migration waits for an RCU grace period (10-20 ms on this
+/// project's test machines), the ones right after it do not.
+pub struct CgroupSetup(tokio::task::JoinHandle<Result<Option<PodCgroup>, SandboxError>>);
+
+impl CgroupSetup {
+    /// Starts the setup of the cgroup `cgroups_path` (the pod's first
+    /// container's `linux.cgroupsPath`; none when empty) of the pod in `dir`.
+    pub fn start(cgroups_path: Option<String>, dir: &Path) -> CgroupSetup {
+        let dir = dir.to_path_buf();
+        CgroupSetup(tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let path = cgroups_path.filter(|p| !p.is_empty());
+            let cg = setup_cgroup(path.as_deref(), &dir);
+            tracing::info!("vm phase=cgroup ms={}", t.elapsed().as_millis());
+            cg
+        }))
+    }
+
+    /// The cgroup, once it is set up. After an error nothing of it is left
+    /// but what `cgroup.json` in the pod dir records.
+    pub async fn finish(self) -> Result<Option<PodCgroup>, SandboxError> {
+        self.0
+            .await
+            .unwrap_or_else(|e| Err(SandboxError::Internal(format!("pod cgroup setup: {e}"))))
+    }
+}
+
+/// Creates the pod cgroup (when the spec names one), records it in the pod
+/// dir and moves the shim into it.
+fn setup_cgroup(cgroups_path: Option<&str>, dir: &Path) -> Result<Option<PodCgroup>, SandboxError> {
+    let Some(p) = cgroups_path else {
+        return Ok(None);
+    };
+    let mut cg = PodCgroup::create(p).map_err(|e| match e {
+        PodCgroupError::Unsupported(_) => SandboxError::FailedPrecondition(e.to_string()),
+        _ => SandboxError::Internal(format!("pod cgroup {p}: {e}")),
+    })?;
+    // Saved before the shim enters it (a crash in between still leaves a
+    // record for `shim delete`), and again with the shim's origin.
+    let saved = cg.save(dir).and_then(|()| match cg.enter_self() {
+        Ok(()) => cg.save(dir),
+        Err(e) => {
+            tracing::warn!("cannot move the shim into the pod cgroup: {e}");
+            Ok(())
+        }
+    });
+    let cg = Some(cg);
+    if let Err(e) = saved {
+        release_cgroup(&cg);
+        return Err(SandboxError::Internal(format!("save pod cgroup: {e}")));
+    }
+    Ok(cg)
 }
 
 fn release_cgroup(cg: &Option<PodCgroup>) {

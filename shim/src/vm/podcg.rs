@@ -224,6 +224,11 @@ impl PodCgroup {
         Ok(())
     }
 
+    /// The `cgroup.procs` file of the pod cgroup in each hierarchy.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
     /// Moves this process into the pod cgroup, remembering where it was so
     /// that [`PodCgroup::leave_self`] can move it back before removal.
     pub fn enter_self(&mut self) -> Result<()> {
