@@ -235,7 +235,7 @@ async fn exited_within(done: &watch::Receiver<Option<ExitStatus>>, limit: Durati
 
 /// The pod cgroup being made, recorded and entered by the shim on a
 /// blocking thread while the shim prepares the rest of the pod: the first
-/// cgroup migration waits for an RCU grace period (10-20 ms on this
+/// cgroup migration waits for an RCU grace period (8-24 ms on this
 /// project's test machines), the ones right after it do not.
 pub struct CgroupSetup(tokio::task::JoinHandle<Result<Option<PodCgroup>, SandboxError>>);
 
