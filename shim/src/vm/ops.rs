@@ -74,7 +74,6 @@ impl VmSandbox {
                 return Err(e);
             }
         };
-
         let vm = PodVm::boot(BootRequest {
             cfg: &self.cfg,
             vmm: &self.vmm,
@@ -105,7 +104,6 @@ impl VmSandbox {
         Ok(vm)
     }
 
-    /// Subscribes to the agent's events (OOM) before any container runs.
     /// The pod's share, and its tap when the spec joins a network namespace.
     async fn prepare_host(
         &self,
@@ -128,6 +126,7 @@ impl VmSandbox {
         }
     }
 
+    /// Subscribes to the agent's events (OOM) before any container runs.
     async fn watch_events(&self, vm: &PodVm) -> Result<()> {
         let mut stream = vm
             .agent()
